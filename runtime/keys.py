@@ -1,0 +1,17 @@
+"""Every application key, typed, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiohttp import web
+
+from runtime.config import Config
+
+if TYPE_CHECKING:
+    from runtime.auth import TokenVerifier
+
+CONFIG = web.AppKey("config", Config)
+DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
+VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")

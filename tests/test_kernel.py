@@ -1,0 +1,123 @@
+"""Errors, request ids, routing, docs, health, the SQL loader and migrations."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from runtime.db import apply_migrations, database_url_for
+from runtime.sql import DuplicateQueryError, load_queries, parse_queries, queries
+from tests.conftest import Client, auth
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def test_unknown_route_is_json_404_even_without_auth(client: Client) -> None:
+    resp = await client.get("/api/v1/nope")
+    assert resp.status == 404
+    body = await resp.json()
+    assert body["error"]["code"] == "NOT_FOUND"
+    assert body["error"]["request_id"] == resp.headers["X-Request-ID"]
+
+
+async def test_wrong_method_is_json_405(client: Client) -> None:
+    resp = await client.delete("/api/v1/workflows", headers=auth())
+    assert resp.status == 405
+    body = await resp.json()
+    assert body["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert "GET" in body["error"]["details"]["allowed_methods"]
+
+
+async def test_client_request_id_is_echoed_and_bad_ones_replaced(client: Client) -> None:
+    resp = await client.get("/health", headers={"X-Request-ID": "trace-123"})
+    assert resp.headers["X-Request-ID"] == "trace-123"
+    resp = await client.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-ID"])
+
+
+async def test_malformed_json_and_oversized_bodies_are_4xx(client: Client) -> None:
+    headers = {**auth(), "Content-Type": "application/json"}
+    resp = await client.post("/api/v1/workflows", data=b"{not json", headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "BAD_REQUEST"
+    resp = await client.post("/api/v1/workflows", data=b"[1, 2]", headers=headers)
+    assert resp.status == 422
+    big = b'{"name": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+    resp = await client.post("/api/v1/workflows", data=io.BytesIO(big), headers=headers)
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
+async def test_ready_checks_the_database(client: Client) -> None:
+    resp = await client.get("/health/ready")
+    assert await resp.json() == {"status": "ok", "checks": {"database": "ok"}}
+
+
+async def test_openapi_documents_every_route(client: Client) -> None:
+    resp = await client.get("/api/docs/openapi.json")
+    spec = await resp.json()
+    assert spec["openapi"].startswith("3.")
+    paths = spec["paths"]
+    for route in client.app.router.routes():
+        info = route.get_info()
+        path = info.get("path") or info.get("formatter")
+        if not path or not path.startswith("/api/v1") or route.method == "HEAD":
+            continue
+        operation = paths[path][route.method.lower()]
+        assert operation.get("summary"), f"{route.method} {path} has no summary"
+        assert operation.get("responses"), f"{route.method} {path} has no responses"
+    create = paths["/api/v1/workflows"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]
+    assert "201" in create["responses"] and "422" in create["responses"]
+    assert "bearerAuth" in spec["components"]["securitySchemes"]
+
+
+async def test_swagger_ui_is_served(client: Client) -> None:
+    resp = await client.get("/api/docs")
+    assert resp.status == 200
+    assert "swagger" in (await resp.text()).lower()
+
+
+def test_every_query_used_in_code_exists() -> None:
+    used: set[str] = set()
+    for path in [*ROOT.glob("runtime/**/*.py"), *ROOT.glob("handlers/**/*.py"),
+                 *ROOT.glob("actors/**/*.py")]:  # fmt: skip
+        used |= set(re.findall(r'queries\["(\w+)"\]', path.read_text()))
+    assert used, "the scan found no query names"
+    missing = used - set(queries)
+    assert not missing, f"queries used but not defined: {sorted(missing)}"
+
+
+def test_sql_loader_parses_blocks_and_refuses_duplicates(tmp_path: Path) -> None:
+    text = "-- name: a\n-- $1 x\nSELECT $1;\n\n-- name: b\nSELECT 2;\n"
+    assert parse_queries(text) == {"a": "SELECT $1;", "b": "SELECT 2;"}
+    with pytest.raises(DuplicateQueryError):
+        parse_queries(text + "-- name: a\nSELECT 3;\n")
+    (tmp_path / "one.sql").write_text("-- name: a\nSELECT 1;\n")
+    (tmp_path / "two.sql").write_text("-- name: a\nSELECT 1;\n")
+    with pytest.raises(DuplicateQueryError):
+        load_queries(tmp_path)
+
+
+async def test_migrations_apply_from_empty_and_are_idempotent(server_url: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute('DROP DATABASE IF EXISTS "migrate_check" WITH (FORCE)')
+        await conn.execute('CREATE DATABASE "migrate_check"')
+    finally:
+        await conn.close()
+    url = database_url_for(server_url, "migrate_check")
+    applied = apply_migrations(url)
+    assert applied and applied[0].startswith("0001")
+    assert apply_migrations(url) == []
+    conn = await asyncpg.connect(url)
+    try:
+        tables = {r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}  # fmt: skip
+    finally:
+        await conn.close()
+    assert {"workflows", "api_keys", "idempotency_keys", "audit_logs"} <= tables
