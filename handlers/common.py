@@ -78,19 +78,21 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorDetailSchema, required=True)
 
 
-def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
-    """OpenAPI entries for the error statuses an endpoint may answer with."""
+def error_responses(*statuses: int, ok: str | None = None) -> dict[int, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an endpoint may answer with (and 200 if given)."""
     text = {
         400: "Body is not readable JSON",
         401: "Missing or invalid credentials",
+        403: "Not allowed for this user",
         404: "Not found (or owned by someone else)",
         409: "Conflict with the resource's state or an in-flight idempotent request",
         415: "Unsupported content type",
         422: "Validation error; details list every problem",
     }
-    return {
-        s: {"description": text.get(s, ApiError.__doc__), "schema": ErrorSchema} for s in statuses
-    }
+    entries: dict[int, dict[str, Any]] = {} if ok is None else {200: {"description": ok}}
+    for status in statuses:
+        entries[status] = {"description": text.get(status, ApiError.__doc__), "schema": ErrorSchema}
+    return entries
 
 
 def validation_error_callback(

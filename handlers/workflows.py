@@ -335,9 +335,13 @@ async def list_versions(request: web.Request) -> web.Response:
         if row is None:
             raise NotFound(f"workflow {_path_id(request)} not found")
         page = await fetch_page(
-            conn, queries["list_workflow_versions"], row["family_id"], owner,
-            page=q["page"], limit=q["limit"],
-        )  # fmt: skip
+            conn,
+            queries["list_workflow_versions"],
+            row["family_id"],
+            owner,
+            page=q["page"],
+            limit=q["limit"],
+        )
     return web.json_response(page.body([record_json(r) for r in page.rows]))
 
 

@@ -7,7 +7,8 @@ import warnings
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, OpenApiVersion, validation_middleware
 
-from handlers import api_keys, audit, system, workflows
+from actors.dispatch import runs_ctx
+from handlers import api_keys, audit, runs, stream, system, workflows
 from handlers.common import validation_error_callback
 from runtime.auth import TokenVerifier, auth_middleware
 from runtime.config import Config
@@ -43,10 +44,11 @@ def create_app(config: Config) -> web.Application:
         issuer=config.jwt_issuer,
         jwks_url=config.jwks_url,
     )
-    for module in (system, workflows, api_keys, audit):
+    for module in (system, workflows, runs, stream, api_keys, audit):
         app.router.add_routes(module.routes())
     app.cleanup_ctx.append(db_pool_ctx)
     app.cleanup_ctx.append(idempotency_cleanup_ctx)
+    app.cleanup_ctx.append(runs_ctx)
     setup_docs(app)
     return app
 
@@ -60,10 +62,12 @@ def setup_docs(app: web.Application) -> AiohttpApiSpec:
         openapi_version=OpenApiVersion.V303,
         title=API_TITLE,
         version=API_VERSION,
-        info={"description": "Durable ML workflow automation. Errors use the shape "
-              '`{"error": {"code", "message", "details", "request_id"}}`.'},
+        info={
+            "description": "Durable ML workflow automation. Errors use the shape "
+            '`{"error": {"code", "message", "details", "request_id"}}`.'
+        },
         security=[{"bearerAuth": []}, {"apiKeyAuth": []}],
-    )  # fmt: skip
+    )
     spec.spec.components.security_scheme(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )

@@ -17,6 +17,19 @@ DEV_SECRET_FILE = "dev-jwt-secret"  # noqa: S105 - a file name, not a secret
 MIN_SECRET_BYTES = 32
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Every setting Stepwell reads, with the defaults the design names."""
@@ -32,6 +45,7 @@ class Config:
     log_format: str = "json"
     cors_origins: tuple[str, ...] = ()
     dev: bool = False
+    lease_ttl_s: float = 15.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -57,6 +71,7 @@ class Config:
             log_format=log_format,
             cors_origins=origins,
             dev=env.get("STEPWELL_DEV", "") in ("1", "true", "yes"),
+            lease_ttl_s=_positive(env, "STEPWELL_LEASE_TTL_S", 15.0),
         )
 
     def with_dev_secret(self) -> tuple[Config, bool]:

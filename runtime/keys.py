@@ -10,8 +10,10 @@ from aiohttp import web
 from runtime.config import Config
 
 if TYPE_CHECKING:
+    from actors.dispatch import RunDispatcher
     from runtime.auth import TokenVerifier
 
 CONFIG = web.AppKey("config", Config)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
+DISPATCHER: web.AppKey[RunDispatcher] = web.AppKey("dispatcher")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -12,12 +13,13 @@ import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from pytest_aiohttp import AiohttpClient
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from runtime.app import create_app
 from runtime.auth import mint_token
 from runtime.config import Config
 from runtime.db import apply_migrations, database_url_for, embedded_database_url
+from tests.outside import Outside
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-and-hs512-0123456789abcdef"
 TEMPLATE_DB = "stepwell_template"
@@ -117,3 +119,78 @@ def make_workflow(client: Client) -> MakeWorkflow:
         return data
 
     return make
+
+
+@pytest.fixture
+async def outside(aiohttp_server: AiohttpServer) -> tuple[Outside, str]:
+    """The stand-in outside world and its base URL."""
+    world = Outside()
+    server = await aiohttp_server(world.app())
+    return world, str(server.make_url("")).rstrip("/")
+
+
+Publish = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture
+def publish(client: Client) -> Publish:
+    """Create and publish a workflow with the given nodes and edges."""
+
+    async def make(
+        nodes: list[dict[str, Any]],
+        edges: list[dict[str, Any]] | None = None,
+        user: str = "alice",
+        **fields: Any,
+    ) -> dict[str, Any]:
+        body = {"name": "wf", "definition": {"nodes": nodes, "edges": edges or []}, **fields}
+        resp = await client.post("/api/v1/workflows", json=body, headers=auth(user))
+        assert resp.status == 201, await resp.text()
+        wf_id = (await resp.json())["data"]["id"]
+        resp = await client.post(f"/api/v1/workflows/{wf_id}/publish", headers=auth(user))
+        assert resp.status == 200, await resp.text()
+        data: dict[str, Any] = (await resp.json())["data"]
+        return data
+
+    return make
+
+
+async def start_run(
+    client: Client,
+    workflow_id: str,
+    run_input: dict[str, Any] | None = None,
+    user: str = "alice",
+    **extra: Any,
+) -> dict[str, Any]:
+    resp = await client.post(
+        f"/api/v1/workflows/{workflow_id}/run",
+        json={"input": run_input or {}, **extra},
+        headers=auth(user),
+    )
+    assert resp.status == 202, await resp.text()
+    data: dict[str, Any] = (await resp.json())["data"]
+    return data
+
+
+async def wait_run(
+    client: Client,
+    run_id: str,
+    statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+    within_s: float = 20.0,
+    user: str = "alice",
+) -> dict[str, Any]:
+    """Poll the API until the run reaches one of `statuses`; returns the run."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        resp = await client.get(f"/api/v1/runs/{run_id}", headers=auth(user))
+        run: dict[str, Any] = (await resp.json())["data"]
+        if run["status"] in statuses:
+            return run
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"run stayed {run['status']}: {run}")
+        await asyncio.sleep(0.05)
+
+
+async def events_of(client: Client, run_id: str, user: str = "alice") -> list[dict[str, Any]]:
+    resp = await client.get(f"/api/v1/runs/{run_id}/events?limit=1000", headers=auth(user))
+    events: list[dict[str, Any]] = (await resp.json())["data"]
+    return events

@@ -137,7 +137,7 @@ async def jwks(aiohttp_server: AiohttpServer) -> tuple[Jwks, TestServer]:
 
 @pytest.fixture
 async def jwks_client(
-    aiohttp_client: AiohttpClient, config: Config, jwks: tuple[Jwks, TestServer]
+    config: Config, jwks: tuple[Jwks, TestServer], aiohttp_client: AiohttpClient
 ) -> Client:
     _, server = jwks
     url = str(server.make_url("/.well-known/jwks.json"))

@@ -84,8 +84,11 @@ async def test_swagger_ui_is_served(client: Client) -> None:
 
 def test_every_query_used_in_code_exists() -> None:
     used: set[str] = set()
-    for path in [*ROOT.glob("runtime/**/*.py"), *ROOT.glob("handlers/**/*.py"),
-                 *ROOT.glob("actors/**/*.py")]:  # fmt: skip
+    for path in [
+        *ROOT.glob("runtime/**/*.py"),
+        *ROOT.glob("handlers/**/*.py"),
+        *ROOT.glob("actors/**/*.py"),
+    ]:
         used |= set(re.findall(r'queries\["(\w+)"\]', path.read_text()))
     assert used, "the scan found no query names"
     missing = used - set(queries)
@@ -116,8 +119,10 @@ async def test_migrations_apply_from_empty_and_are_idempotent(server_url: str) -
     assert apply_migrations(url) == []
     conn = await asyncpg.connect(url)
     try:
-        tables = {r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}  # fmt: skip
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
     finally:
         await conn.close()
     assert {"workflows", "api_keys", "idempotency_keys", "audit_logs"} <= tables

@@ -43,9 +43,11 @@ async def test_create_rejects_bad_input_and_writes_nothing(client: Client) -> No
         {"name": "x", "definition": []},
         {"name": "x", "input_schema": {"type": "bogus"}},
         {"name": "x", "status": "published"},
-        {"name": "x", "definition": {"nodes": [{"id": f"n{i}", "type": "delay"}
-                                               for i in range(10_000)]}},
-    ]  # fmt: skip
+        {
+            "name": "x",
+            "definition": {"nodes": [{"id": f"n{i}", "type": "delay"} for i in range(10_000)]},
+        },
+    ]
     for body in bad_bodies:
         resp = await client.post(BASE, json=body, headers=auth())
         assert resp.status == 422, (body, await resp.text())
@@ -115,11 +117,17 @@ async def test_json_patch(client: Client, make_workflow: MakeWorkflow) -> None:
     ops = [
         {"op": "test", "path": "/name", "value": "wf"},
         {"op": "replace", "path": "/description", "value": "patched"},
-        {"op": "add", "path": "/definition/nodes/-",
-         "value": {"id": "wait", "type": "delay", "data": {"seconds": 5}}},
-        {"op": "add", "path": "/definition/edges/-",
-         "value": {"source": "shape", "target": "wait"}},
-    ]  # fmt: skip
+        {
+            "op": "add",
+            "path": "/definition/nodes/-",
+            "value": {"id": "wait", "type": "delay", "data": {"seconds": 5}},
+        },
+        {
+            "op": "add",
+            "path": "/definition/edges/-",
+            "value": {"source": "shape", "target": "wait"},
+        },
+    ]
     resp = await client.patch(url, json=ops, headers=PATCH_HEADERS)
     assert resp.status == 200, await resp.text()
     data = (await _json(resp))["data"]
@@ -237,9 +245,20 @@ async def test_step_catalog(client: Client) -> None:
     assert resp.status == 200
     steps = {s["type"]: s for s in (await _json(resp))["data"]}
     assert set(steps) >= {
-        "http", "agent", "approval", "delay", "condition", "transform", "subworkflow",
-        "dataset_profile", "train", "evaluate", "deploy", "predict", "batch_predict",
-    }  # fmt: skip
+        "http",
+        "agent",
+        "approval",
+        "delay",
+        "condition",
+        "transform",
+        "subworkflow",
+        "dataset_profile",
+        "train",
+        "evaluate",
+        "deploy",
+        "predict",
+        "batch_predict",
+    }
     http = steps["http"]
     assert {"name", "description", "category", "config_schema", "output_schema", "example"} <= set(
         http

@@ -22,8 +22,9 @@ from actors.steps import (
     transform,
 )
 from actors.steps.base import StepType, config_errors
+from actors.steps.context import Executor
 
-__all__ = ["STEP_TYPES", "StepType", "catalog", "config_errors"]
+__all__ = ["EXECUTORS", "PURE_STEPS", "STEP_TYPES", "StepType", "catalog", "config_errors"]
 
 _MODULES = (
     http,
@@ -48,3 +49,19 @@ STEP_TYPES: Mapping[str, StepType] = MappingProxyType({m.STEP.type: m.STEP for m
 def catalog() -> list[dict[str, Any]]:
     """Every step type as a catalog entry, in catalog order."""
     return [step.catalog_entry() for step in STEP_TYPES.values()]
+
+
+# Step types the run actor can execute. The others are declared so definitions can use
+# them; running one fails the step with a clear error until its executor exists.
+EXECUTORS: Mapping[str, Executor] = MappingProxyType(
+    {
+        "http": http.execute,
+        "approval": approval.execute,
+        "delay": delay.execute,
+        "condition": condition.execute,
+        "transform": transform.execute,
+        "subworkflow": subworkflow.execute,
+    }
+)
+# Steps with no side effects: executed inline, their start and result recorded together.
+PURE_STEPS = frozenset({"condition", "transform"})

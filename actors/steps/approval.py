@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 from actors.steps.base import DIALECT, StepType, config_object, output_object
+from actors.steps.context import StepContext, Wait
 
 _MAX_WAIT_S = 90 * 24 * 3600
 
@@ -72,3 +77,23 @@ STEP = StepType(
         },
     },
 )
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Pause until resumed; with timeout_s, also wake when the time is up."""
+    timeout_s = config.get("timeout_s")
+    wake_at = datetime.now(UTC) + timedelta(seconds=float(timeout_s)) if timeout_s else None
+    return Wait(
+        wake_at=wake_at,
+        data={"message": config.get("message", ""), "approvers": config.get("approvers", [])},
+    )
+
+
+def decided(approved: bool, data: Any, user: str | None, *, auto: bool = False) -> dict[str, Any]:
+    """The output of a decision; a rejection is reported by the caller as a failure."""
+    return {"approved": approved, "data": data, "approved_by": user, "auto": auto}
+
+
+def may_decide(config: Mapping[str, Any], user: str, is_admin: bool) -> bool:
+    approvers = config.get("approvers") or []
+    return is_admin or not approvers or user in approvers

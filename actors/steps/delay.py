@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 from actors.steps.base import StepType, config_object, output_object
+from actors.steps.context import StepContext, Wait
 
 _ONE_YEAR_S = 365 * 24 * 3600
 
@@ -43,3 +48,17 @@ STEP = StepType(
     ),
     example={"seconds": 300},
 )
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Wait durably: the wake time is stored, so a restart does not restart the wait."""
+    if "seconds" in config:
+        return Wait(wake_at=datetime.now(UTC) + timedelta(seconds=float(config["seconds"])))
+    until = datetime.fromisoformat(str(config["until"]).upper().replace("Z", "+00:00"))
+    return Wait(wake_at=until)
+
+
+def woke(started_at: datetime | None, now: datetime) -> dict[str, Any]:
+    """The output once the wait is over."""
+    waited = (now - started_at).total_seconds() if started_at else 0.0
+    return {"waited_s": round(waited, 3), "woke_at": now.isoformat()}

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
 from actors.steps.base import HTTP_URL_PATTERN, StepType, config_object, output_object
+from actors.steps.context import StepContext, StepFailed
 
 _SCALAR = {"type": ["string", "number", "boolean"]}
 
@@ -89,3 +96,51 @@ STEP = StepType(
         "response": "json",
     },
 )
+
+
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+# Statuses that say "try again later" rather than "this request is wrong".
+_RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def _query(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for name, value in (config.get("query") or {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((name, json.dumps(item) if isinstance(item, bool) else str(item)))
+    return pairs
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Send the request with `Idempotency-Key: <run_id>:<step_id>` and check the status."""
+    headers = {**(config.get("headers") or {}), "Idempotency-Key": ctx.idempotency_key}
+    kwargs: dict[str, Any] = {"headers": headers, "params": _query(config)}
+    if "body" in config:
+        kwargs["json"] = config["body"]
+    method = config.get("method", "GET")
+    try:
+        async with ctx.http.request(method, str(config["url"]), **kwargs) as resp:
+            raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+            status, resp_headers = resp.status, {k.lower(): v for k, v in resp.headers.items()}
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise StepFailed(f"{method} {config['url']} failed: {exc or type(exc).__name__}") from exc
+    if len(raw) > MAX_RESPONSE_BYTES:
+        raise StepFailed(f"response larger than {MAX_RESPONSE_BYTES} bytes", retryable=False)
+    expected = config.get("expected_statuses")
+    if (status not in expected) if expected else not 200 <= status < 300:
+        raise StepFailed(
+            f"{method} {config['url']} answered {status}",
+            retryable=status in _RETRYABLE_STATUSES,
+            details={"status": status, "body": raw[:2000].decode(errors="replace")},
+        )
+    return {"status": status, "headers": resp_headers, "body": _body(raw, config)}
+
+
+def _body(raw: bytes, config: Mapping[str, Any]) -> Any:
+    text = raw.decode(errors="replace")
+    if config.get("response", "json") == "text" or not text:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
 from actors.steps.base import StepType, config_object, id_string, output_object
+from actors.steps.context import StepContext, StepFailed, Wait
 
 STEP = StepType(
     type="subworkflow",
@@ -41,3 +46,15 @@ STEP = StepType(
         "wait": True,
     },
 )
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Start the child run (once per attempt, even across restarts); wait for it if asked."""
+    try:
+        workflow_id = UUID(str(config["workflow_id"]))
+    except ValueError as exc:
+        raise StepFailed("workflow_id must be a workflow's id", retryable=False) from exc
+    child_id = await ctx.start_child(workflow_id, config.get("input") or {})
+    if config.get("wait", True):
+        return Wait(data={"child_run_id": str(child_id)})
+    return {"run_id": str(child_id), "status": "pending", "output": None}

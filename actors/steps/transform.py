@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from actors.steps.base import DIALECT, StepType, config_object
+from actors.steps.context import StepContext
 
 STEP = StepType(
     type="transform",
@@ -35,3 +39,8 @@ STEP = StepType(
         }
     },
 )
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """The output is the config's `output`, templates already rendered against the run."""
+    return config["output"]

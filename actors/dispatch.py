@@ -1,0 +1,195 @@
+"""Delivers runs to their actors: on this node when it owns the shard, else through the bus.
+
+Also reacts to shard changes (recover every active run of a gained shard, stop the actors of
+a lost one), sweeps for commands whose wake-up was lost, and makes a crashed actor's run fail
+visibly instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from uuid import UUID
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+from actors.base import MailboxFull
+from actors.registry import ActorRegistry
+from actors.run import Poke, RunActor
+from actors.run_store import LeaseLost, Transition, persist
+from actors.runs import start_run
+from actors.steps.context import StepFailed
+from runtime.bus import EventBus
+from runtime.errors import ApiError
+from runtime.keys import CONFIG, DB_POOL, DISPATCHER
+from runtime.shards import Lease, ShardManager, shard_of
+from runtime.sql import queries
+
+log = logging.getLogger(__name__)
+SWEEP_INTERVAL_S = 2.0
+REAP_INTERVAL_S = 30.0
+MAX_IDLE_S = 300.0
+
+
+class RunDispatcher:
+    """This process's door to run actors, and the services they use."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        bus: EventBus,
+        http: aiohttp.ClientSession,
+        node_id: str,
+        lease_ttl_s: float = 15.0,
+    ) -> None:
+        self.pool = pool
+        self.bus = bus
+        self.http = http
+        self.registry = ActorRegistry(on_crash=self._on_crash)
+        self.shards = ShardManager(
+            pool, node_id, ttl_s=lease_ttl_s, on_acquire=self._acquired, on_release=self._released
+        )
+        bus.on_command = self._on_bus_command
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.shards.start()
+        self.registry.start_reaper(REAP_INTERVAL_S, MAX_IDLE_S)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="runs:sweep")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.shards.close()
+        await self.registry.close()
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def lease_for(self, shard: int) -> Lease | None:
+        return self.shards.lease_for(shard)
+
+    async def wake(self, run_id: UUID) -> None:
+        """The run has news in the database; make sure its owner looks."""
+        shard = shard_of(run_id)
+        if self.shards.lease_for(shard) is None:
+            await self.bus.command_written(run_id)
+            return
+        existing = self.registry.get(str(run_id))
+        if existing is not None:
+            with contextlib.suppress(MailboxFull):
+                existing.tell(Poke())
+            return
+        # A new actor reads the run and its pending commands as it starts.
+        self.registry.get_or_spawn(str(run_id), lambda: RunActor(run_id, self))
+
+    async def _on_bus_command(self, run_id: UUID) -> None:
+        if self.shards.lease_for(shard_of(run_id)) is not None:
+            await self.wake(run_id)
+
+    async def _acquired(self, leases: Mapping[int, Lease]) -> None:
+        rows = await self.pool.fetch(queries["list_active_runs"], list(leases))
+        log.info("shards acquired", extra={"shards": len(leases), "active_runs": len(rows)})
+        for row in rows:
+            await self.wake(row["id"])
+
+    async def _released(self, leases: Mapping[int, Lease]) -> None:
+        keys = [k for k in self.registry.keys() if shard_of(UUID(k)) in leases]  # noqa: SIM118
+        await asyncio.gather(*(self.registry.stop(k) for k in keys))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                rows = await self.pool.fetch(
+                    queries["list_runs_needing_attention"], list(self.shards.owned)
+                )
+                for row in rows:
+                    await self.wake(row["id"])
+            except (OSError, asyncpg.PostgresError):
+                log.exception("run sweep failed")
+
+    async def _on_crash(self, key: str, exc: BaseException) -> None:
+        if isinstance(exc, LeaseLost):
+            return  # another node owns the run now and carries on
+        run_id = UUID(key)
+        lease = self.shards.lease_for(shard_of(run_id))
+        log.error("run actor crashed", exc_info=exc, extra={"run_id": key})
+        if lease is None:
+            return
+        t = Transition()
+        error = {"message": f"internal error: {type(exc).__name__}: {exc}", "code": "crashed"}
+        t.run("failed", "run.failed", error)
+        with contextlib.suppress(LeaseLost):
+            await persist(self.pool, run_id, lease, t)
+            self.bus.published(run_id)
+
+    # -- services for run actors -------------------------------------------------------------
+
+    async def start_child(
+        self,
+        parent: Mapping[str, Any],
+        step_id: str,
+        attempt: int,
+        workflow_id: UUID,
+        run_input: Mapping[str, Any],
+    ) -> UUID:
+        """The child run of one subworkflow step attempt, created once."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            existing = await conn.fetchrow(queries["get_child_run"], parent["id"], step_id, attempt)
+            if existing is not None:
+                return UUID(str(existing["id"]))
+            try:
+                child = await start_run(
+                    conn,
+                    workflow_id,
+                    owner=parent["owner_id"],
+                    created_by=parent["owner_id"],
+                    trigger_type="subworkflow",
+                    run_input=dict(run_input),
+                    parent=(parent["id"], step_id, attempt),
+                    audit=None,
+                )
+            except ApiError as exc:
+                raise StepFailed(
+                    f"cannot start child run: {exc.message}", retryable=False, details=exc.details
+                ) from exc
+        await self.wake(child["id"])
+        return UUID(str(child["id"]))
+
+    async def child_finished(self, run: Mapping[str, Any]) -> None:
+        """Tell a parent run that its child ended (as a durable command)."""
+        payload = {
+            "step_id": run["parent_step_id"],
+            "attempt": run["parent_attempt"],
+            "child_run_id": str(run["id"]),
+            "status": run["status"],
+            "output": run.get("output"),
+            "error": run.get("error"),
+        }
+        await self.pool.execute(queries["insert_child_done"], run["parent_run_id"], payload)
+        await self.wake(run["parent_run_id"])
+
+
+async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the bus, the HTTP client steps use, shard leases and run actors."""
+    config = app[CONFIG]
+    assert config.database_url is not None  # noqa: S101
+    bus = EventBus(config.database_url, config.node_id)
+    await bus.start()
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+    dispatcher = RunDispatcher(
+        app[DB_POOL], bus, http, config.node_id, lease_ttl_s=config.lease_ttl_s
+    )
+    app[DISPATCHER] = dispatcher
+    await dispatcher.start()
+    yield
+    await dispatcher.close()
+    await http.close()
+    await bus.close()

@@ -1,0 +1,139 @@
+"""A published definition as an executable graph, and which steps can run next.
+
+Rules: a step with no parents is ready at once. Otherwise it waits until every incoming edge
+is decided. An edge is *live* when its source succeeded and, for an edge out of a condition,
+the condition's result matches the edge; it is *dead* when its source was skipped or the
+condition went the other way. A step with at least one live edge runs (joins wait for all
+parents); a step whose edges are all dead is skipped, and the skip flows downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset(
+    {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Per-step retry: `max_attempts` in all, waits growing by `backoff` up to a ceiling."""
+
+    max_attempts: int = 1
+    backoff: float = 2.0
+    initial_interval_s: float = 1.0
+    max_interval_s: float = 60.0
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before `attempt` (2, 3, ...), before jitter."""
+        return min(self.max_interval_s, self.initial_interval_s * self.backoff ** (attempt - 2))
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    source: str
+    target: str
+    condition: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    type: str
+    config: Mapping[str, Any]
+    retry: RetryPolicy = RetryPolicy()
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """Nodes in definition order with their incoming and outgoing edges."""
+
+    nodes: Mapping[str, Node]
+    incoming: Mapping[str, tuple[Edge, ...]] = field(default_factory=dict)
+    outgoing: Mapping[str, tuple[Edge, ...]] = field(default_factory=dict)
+
+    @property
+    def sinks(self) -> list[str]:
+        return [n for n in self.nodes if not self.outgoing.get(n)]
+
+
+def build_graph(definition: Mapping[str, Any]) -> Graph:
+    """The graph of a definition that passed ``validate_definition``."""
+    nodes: dict[str, Node] = {}
+    for raw in definition.get("nodes", []):
+        retry = RetryPolicy(**raw["retry"]) if raw.get("retry") else RetryPolicy()
+        nodes[raw["id"]] = Node(
+            raw["id"], raw["type"], raw.get("data") or {}, retry, raw.get("timeout_s")
+        )
+    incoming: dict[str, list[Edge]] = {n: [] for n in nodes}
+    outgoing: dict[str, list[Edge]] = {n: [] for n in nodes}
+    for raw in definition.get("edges", []):
+        edge = Edge(raw["source"], raw["target"], raw.get("condition"))
+        incoming[edge.target].append(edge)
+        outgoing[edge.source].append(edge)
+    return Graph(
+        nodes,
+        {k: tuple(v) for k, v in incoming.items()},
+        {k: tuple(v) for k, v in outgoing.items()},
+    )
+
+
+def _edge_state(edge: Edge, statuses: Mapping[str, StepStatus], outputs: Mapping[str, Any]) -> str:
+    status = statuses.get(edge.source, StepStatus.PENDING)
+    if status == StepStatus.SKIPPED:
+        return "dead"
+    if status != StepStatus.SUCCEEDED:
+        return "open"
+    if edge.condition is None:
+        return "live"
+    output = outputs.get(edge.source)
+    result = bool(output.get("result")) if isinstance(output, dict) else False
+    return "live" if str(result).lower() == edge.condition else "dead"
+
+
+def next_steps(
+    graph: Graph, statuses: Mapping[str, StepStatus], outputs: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """(steps to start now, steps to mark skipped), in definition order.
+
+    Skips are applied as they are found, so one call returns a whole skipped branch.
+    """
+    current = dict(statuses)
+    start: list[str] = []
+    skip: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for node_id in graph.nodes:
+            if current.get(node_id, StepStatus.PENDING) != StepStatus.PENDING or node_id in start:
+                continue
+            states = [_edge_state(e, current, outputs) for e in graph.incoming.get(node_id, ())]
+            if "open" in states:
+                continue
+            if not states or "live" in states:
+                start.append(node_id)
+            else:
+                skip.append(node_id)
+                current[node_id] = StepStatus.SKIPPED
+                changed = True
+    return start, skip

@@ -1,0 +1,403 @@
+"""RunActor: owns one run's state machine and executes its steps.
+
+Every change goes through `_commit`: plan it on a copy of the state, persist it in one
+statement (fenced by the shard lease), then adopt the copy, start tasks and timers, and ring
+the bus. Steps run as tasks owned by the actor and report back by message, so the state is only
+ever touched by one message at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+import aiohttp
+import asyncpg
+
+from actors import commands
+from actors.base import Actor, ActorStopped, MailboxFull
+from actors.graph import StepStatus, next_steps
+from actors.run_state import TERMINAL_RUN, RunState
+from actors.run_store import Event, LeaseLost, StepChange, Transition, persist
+from actors.steps import EXECUTORS, PURE_STEPS, delay
+from actors.steps.context import StepContext, StepFailed, Wait
+from actors.templates import TemplateError, render
+from runtime.bus import EventBus
+from runtime.shards import Lease
+from runtime.sql import queries
+
+log = logging.getLogger(__name__)
+DEADLINE = "__deadline__"
+
+
+@dataclass(frozen=True, slots=True)
+class Poke:
+    """The run has news in the database (a start or a command): look."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    step_id: str
+    attempt: int
+    output: Any = None
+    error: StepFailed | None = None
+    wait: Wait | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    key: str
+    attempt: int
+
+
+class RunServices(Protocol):
+    """What a run actor needs from the process around it."""
+
+    pool: asyncpg.Pool[Any]
+    http: aiohttp.ClientSession
+    bus: EventBus
+
+    def lease_for(self, shard: int) -> Lease | None: ...
+
+    async def start_child(
+        self,
+        parent: Mapping[str, Any],
+        step_id: str,
+        attempt: int,
+        workflow_id: UUID,
+        run_input: Mapping[str, Any],
+    ) -> UUID: ...
+
+    async def child_finished(self, run: Mapping[str, Any]) -> None: ...
+
+
+class RunActor(Actor):
+    """The only writer of one run while this process holds the run's shard."""
+
+    def __init__(self, run_id: UUID, services: RunServices) -> None:
+        super().__init__(str(run_id))
+        self.run_id = run_id
+        self.services = services
+        self.run: dict[str, Any] = {}
+        self.run_state: RunState | None = None
+        self.lease: Lease | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        pool = self.services.pool
+        row = await pool.fetchrow(queries["get_run_for_actor"], self.run_id)
+        if row is None:
+            self.stop()
+            return
+        self.run = dict(row)
+        self.lease = self.services.lease_for(row["shard"])
+        if self.lease is None:
+            raise LeaseLost(f"shard {row['shard']} is not ours")
+        steps = await pool.fetch(queries["list_run_steps"], self.run_id)
+        self.run_state = RunState.load(self.run, [dict(s) for s in steps])
+        if self.run_state.terminal:
+            self.stop()
+            return
+        await self._recover()
+
+    async def _recover(self) -> None:
+        """Continue where the run was: re-run the in-flight step, re-arm every wait."""
+        state = self._run_state()
+        for sid, status in state.statuses.items():
+            if status == StepStatus.RUNNING:
+                self._launch(sid, state.attempts[sid])  # same attempt, same idempotency key
+            elif status == StepStatus.WAITING or state.retry_pending(sid):
+                self._arm(sid, state.attempts[sid], state.wake_at.get(sid))
+            if status == StepStatus.WAITING and state.graph.nodes[sid].type == "subworkflow":
+                await self._check_child(sid, state.attempts[sid])
+        scratch = state.copy()
+        t = Transition()
+        if scratch.run_status == "pending":
+            scratch.run_status = "running"
+            t.run("running", "run.started")
+        await self._commit(t, scratch)
+        await self._arm_deadline()
+        await self._apply_commands()
+
+    async def _check_child(self, sid: str, attempt: int) -> None:
+        """A child that ended while nobody listened (a crash between two commits) still counts."""
+        child = await self.services.pool.fetchrow(
+            queries["get_child_run"], self.run_id, sid, attempt
+        )
+        if child is not None and child["status"] in TERMINAL_RUN:
+            await self.services.child_finished(dict(child))
+
+    async def on_stop(self) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        for task in self.tasks.values():
+            task.cancel()
+        for task in self.tasks.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def is_idle(self) -> bool:
+        return not self.tasks and not self.timers
+
+    def _run_state(self) -> RunState:
+        assert self.run_state is not None  # noqa: S101 - set in on_start before any message
+        return self.run_state
+
+    # -- messages ----------------------------------------------------------------------------
+
+    async def receive(self, message: object) -> Any:
+        if isinstance(message, Poke):
+            await self._apply_commands()
+        elif isinstance(message, StepFinished):
+            await self._step_finished(message)
+        elif isinstance(message, TimerFired):
+            await self._timer_fired(message)
+        return None
+
+    async def _apply_commands(self) -> None:
+        rows = await self.services.pool.fetch(queries["list_pending_commands"], self.run_id)
+        scratch = self._run_state().copy()
+        t = Transition(commands=[r["id"] for r in rows])
+        outcomes = [commands.apply(scratch, t, dict(r)) for r in rows]
+        t.outcome = "; ".join(outcomes) if outcomes else None
+        await self._commit(t, scratch)
+
+    async def _step_finished(self, msg: StepFinished) -> None:
+        self.tasks.pop(msg.step_id, None)
+        state = self._run_state()
+        if state.statuses.get(msg.step_id) != StepStatus.RUNNING:
+            return  # the run was cancelled or failed meanwhile; this result is not wanted
+        if state.attempts[msg.step_id] != msg.attempt:
+            return
+        scratch = state.copy()
+        t = Transition()
+        attempt = msg.attempt
+        if msg.wait is not None:
+            change = StepChange(msg.step_id, "waiting", attempt, wake_at=msg.wait.wake_at)
+            scratch.record(t, change, "step.waiting", **dict(msg.wait.data))
+        elif msg.error is not None:
+            commands.failed_attempt(scratch, t, msg.step_id, attempt, msg.error)
+        else:
+            change = StepChange(msg.step_id, "succeeded", attempt, output=msg.output)
+            scratch.record(t, change, "step.succeeded", output=msg.output)
+        await self._commit(t, scratch)
+
+    async def _timer_fired(self, msg: TimerFired) -> None:
+        self.timers.pop(msg.key, None)
+        state = self._run_state()
+        scratch = state.copy()
+        t = Transition()
+        if msg.key == DEADLINE:
+            if not state.terminal:
+                seconds = self.run.get("timeout_s")
+                error = {"message": f"run timed out after {seconds} s", "code": "run_timeout"}
+                scratch.run_status = "failed"
+                t.run("failed", "run.failed", error)
+                commands.cancel_in_flight(scratch, t, "run timed out")
+            await self._commit(t, scratch)
+            return
+        sid = msg.key
+        if scratch.attempts.get(sid) != msg.attempt:
+            return
+        if scratch.retry_pending(sid):
+            scratch.wake_at[sid] = None  # due: the scheduler starts the next attempt
+        elif scratch.statuses.get(sid) == StepStatus.WAITING:
+            self._wait_over(scratch, t, sid)
+        await self._commit(t, scratch)
+
+    def _wait_over(self, scratch: RunState, t: Transition, sid: str) -> None:
+        node = scratch.graph.nodes[sid]
+        attempt = scratch.attempts[sid]
+        now = datetime.now(UTC)
+        if node.type == "delay":
+            output = delay.woke(scratch.started_at.get(sid), now)
+            scratch.record(
+                t,
+                StepChange(sid, "succeeded", attempt, output=output),
+                "step.succeeded",
+                output=output,
+            )
+        elif node.type == "approval":
+            commands.approval_timed_out(scratch, t, sid)
+
+    # -- planning and committing -------------------------------------------------------------
+
+    async def _commit(self, t: Transition, scratch: RunState) -> None:
+        """Schedule what became ready, settle the run's status, persist, then act."""
+        launches = await self._schedule(t, scratch)
+        self._settle(t, scratch)
+        if not t:
+            return
+        assert self.lease is not None  # noqa: S101
+        await persist(self.services.pool, self.run_id, self.lease, t)
+        self.run_state = scratch
+        for sid in [s for s in self.tasks if scratch.statuses.get(s) != StepStatus.RUNNING]:
+            self.tasks.pop(sid).cancel()
+        for sid, attempt in launches:
+            self._launch(sid, attempt)
+        for change in t.steps:
+            if change.wake_at is not None:
+                self._arm(change.step_id, change.attempt, change.wake_at)
+        self.services.bus.published(self.run_id)
+        if scratch.terminal:
+            await self._finish(t)
+
+    async def _schedule(self, t: Transition, scratch: RunState) -> list[tuple[str, int]]:
+        """Add skips, pure step results and starts to `t`; returns the steps to launch."""
+        launches: list[tuple[str, int]] = []
+        while not scratch.terminal:
+            start, skip = next_steps(scratch.graph, scratch.effective_statuses(), scratch.outputs)
+            for sid in skip:
+                scratch.record(t, StepChange(sid, "skipped", scratch.attempts[sid]), "step.skipped")
+            progressed = False
+            for sid in start:
+                attempt = scratch.attempts[sid] + 1
+                if scratch.graph.nodes[sid].type in PURE_STEPS:
+                    await self._run_pure(t, scratch, sid, attempt)
+                    progressed = True
+                else:
+                    scratch.record(t, StepChange(sid, "running", attempt), "step.started")
+                    launches.append((sid, attempt))
+            if not progressed or scratch.verdict()[0] == "failed":
+                break
+        return launches
+
+    async def _run_pure(self, t: Transition, scratch: RunState, sid: str, attempt: int) -> None:
+        t.events.append(Event("step.started", sid, {"attempt": attempt}))
+        node = scratch.graph.nodes[sid]
+        try:
+            config = render(node.config, scratch.scope())
+            output = await EXECUTORS[node.type](self._context(sid, attempt, scratch), config)
+        except (StepFailed, TemplateError) as exc:
+            error = exc if isinstance(exc, StepFailed) else StepFailed(str(exc), retryable=False)
+            change = StepChange(sid, "failed", attempt, error=error.as_error())
+            scratch.record(t, change, "step.failed", error=error.as_error())
+            return
+        change = StepChange(sid, "succeeded", attempt, output=output)
+        scratch.record(t, change, "step.succeeded", output=output)
+
+    def _settle(self, t: Transition, scratch: RunState) -> None:
+        """Move the run's own status where its steps say it belongs."""
+        if scratch.terminal:
+            return
+        status, error = scratch.verdict()
+        if status == scratch.run_status:
+            return
+        if status == "failed":
+            commands.cancel_in_flight(scratch, t, "another step failed")
+        if status == "succeeded":
+            t.run_output = scratch.output()
+        event = {"running": "run.resumed" if scratch.run_status == "paused" else "run.started"}
+        t.run(status, event.get(status, f"run.{status}"), error)
+        scratch.run_status = status
+
+    async def _finish(self, t: Transition) -> None:
+        for handle in self.timers.values():
+            handle.cancel()
+        self.timers.clear()
+        if self.run.get("parent_run_id") is not None:
+            final = {
+                "status": self._run_state().run_status,
+                "output": t.run_output,
+                "error": t.run_error,
+            }
+            await self.services.child_finished({**self.run, **final})
+        self.stop()
+
+    # -- steps and timers --------------------------------------------------------------------
+
+    def _context(self, sid: str, attempt: int, state: RunState) -> StepContext:
+        async def start_child(workflow_id: UUID, run_input: Mapping[str, Any]) -> UUID:
+            return await self.services.start_child(self.run, sid, attempt, workflow_id, run_input)
+
+        return StepContext(
+            self.run_id,
+            sid,
+            attempt,
+            self.run["owner_id"],
+            state.scope(),
+            self.services.http,
+            start_child,
+        )
+
+    def _launch(self, sid: str, attempt: int) -> None:
+        state = self._run_state()
+        node = state.graph.nodes[sid]
+        ctx = self._context(sid, attempt, state)
+        self.tasks[sid] = asyncio.create_task(
+            self._execute(ctx, node.type, node.config, node.timeout_s)
+        )
+
+    async def _execute(
+        self, ctx: StepContext, step_type: str, config: Mapping[str, Any], timeout_s: float | None
+    ) -> None:
+        result = StepFinished(ctx.step_id, ctx.attempt)
+        try:
+            executor = EXECUTORS.get(step_type)
+            if executor is None:
+                raise StepFailed(f"step type {step_type!r} cannot be executed yet", retryable=False)
+            async with asyncio.timeout(timeout_s):
+                value = await executor(ctx, render(config, ctx.scope))
+            if isinstance(value, Wait):
+                result = StepFinished(ctx.step_id, ctx.attempt, wait=value)
+            else:
+                result = StepFinished(ctx.step_id, ctx.attempt, output=value)
+        except StepFailed as exc:
+            result = StepFinished(ctx.step_id, ctx.attempt, error=exc)
+        except TemplateError as exc:
+            result = StepFinished(
+                ctx.step_id, ctx.attempt, error=StepFailed(str(exc), retryable=False)
+            )
+        except TimeoutError:
+            error = StepFailed(f"step timed out after {timeout_s} s", details={"code": "timeout"})
+            result = StepFinished(ctx.step_id, ctx.attempt, error=error)
+        await self._report(result)
+
+    async def _report(self, result: StepFinished) -> None:
+        """Hand a step's result to the actor; a full mailbox delays it, never drops it."""
+        while True:
+            try:
+                self.tell(result)
+                return
+            except MailboxFull:
+                await asyncio.sleep(0.05)
+            except ActorStopped:
+                return  # stopping: recovery re-runs the step with the same idempotency key
+
+    def _arm(self, key: str, attempt: int, wake_at: datetime | None) -> None:
+        if wake_at is None:
+            return
+        if key in self.timers:
+            self.timers.pop(key).cancel()
+        delay_s = max(0.0, (wake_at - datetime.now(UTC)).total_seconds())
+        loop = asyncio.get_running_loop()
+        self.timers[key] = loop.call_later(delay_s, self._fire, key, attempt)
+
+    def _fire(self, key: str, attempt: int) -> None:
+        try:
+            self.tell(TimerFired(key, attempt))
+        except MailboxFull:
+            loop = asyncio.get_running_loop()
+            self.timers[key] = loop.call_later(0.05, self._fire, key, attempt)
+        except ActorStopped:
+            pass  # the wake time is stored; whoever owns the run next re-arms it
+
+    async def _arm_deadline(self) -> None:
+        timeout_s = self.run.get("timeout_s")
+        if not timeout_s or self._run_state().terminal:
+            return
+        deadline = self.run.get("deadline_at")
+        if deadline is None:
+            deadline = datetime.now(UTC) + timedelta(seconds=float(timeout_s))
+            await self.services.pool.execute(queries["set_run_deadline"], self.run_id, deadline)
+            self.run["deadline_at"] = deadline
+        self._arm(DEADLINE, 0, deadline)

@@ -1,0 +1,125 @@
+"""Starting runs and recording commands for them: the durable half of every request.
+
+Both only write; the caller commits, then asks the dispatcher to wake the run's owner
+(design invariant 4: a command accepted with 2xx is in the database before anyone acts on it).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from jsonschema import Draft202012Validator
+
+from actors.workflows import WorkflowStatus
+from runtime.audit import AuditContext, record_audit
+from runtime.db import Conn
+from runtime.errors import Conflict, NotFound, ValidationFailed
+from runtime.shards import shard_of
+from runtime.sql import queries
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def input_errors(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str, str]]:
+    """Every way the input breaks the workflow's input schema."""
+    if not schema:
+        return []
+    validator = Draft202012Validator(schema)
+    return [
+        {"path": "/" + "/".join(str(p) for p in e.absolute_path), "message": e.message}
+        for e in sorted(validator.iter_errors(run_input), key=lambda e: list(e.absolute_path))
+    ]
+
+
+async def start_run(
+    conn: Conn,
+    workflow_id: UUID,
+    *,
+    owner: str | None,
+    created_by: str,
+    trigger_type: str,
+    run_input: dict[str, Any],
+    audit: AuditContext | None,
+    timeout_s: float | None = None,
+    scheduled_for: datetime | None = None,
+    parent: tuple[UUID, str, int] | None = None,
+) -> asyncpg.Record:
+    """Create a pending run of a published workflow (the run row is the start command)."""
+    workflow = await conn.fetchrow(queries["get_workflow"], workflow_id, owner)
+    if workflow is None:
+        raise NotFound(f"workflow {workflow_id} not found")
+    if workflow["status"] != WorkflowStatus.PUBLISHED:
+        raise Conflict(
+            f"cannot run: workflow is {workflow['status']} (only published workflows run)",
+            {"status": workflow["status"]},
+        )
+    errors = input_errors(workflow["input_schema"], run_input)
+    if errors:
+        raise ValidationFailed(
+            "run input does not match the workflow's input_schema", {"errors": errors}
+        )
+    run_id = uuid.uuid4()
+    parent_id, parent_step, parent_attempt = parent or (None, None, None)
+    run = await conn.fetchrow(
+        queries["insert_run"],
+        run_id,
+        shard_of(run_id),
+        workflow_id,
+        workflow["version"],
+        workflow["owner_id"],
+        trigger_type,
+        run_input,
+        timeout_s or workflow["definition"].get("timeout_s"),
+        scheduled_for,
+        parent_id,
+        parent_step,
+        parent_attempt,
+        created_by,
+    )
+    if run is None:
+        raise Conflict("this step attempt already started its child run")
+    if audit is not None:
+        await record_audit(
+            conn,
+            audit,
+            action="start",
+            entity_type="run",
+            entity_id=str(run_id),
+            owner_id=run["owner_id"],
+            changes={"workflow_id": str(workflow_id), "trigger": trigger_type},
+        )
+    return run
+
+
+# command kind -> run statuses it is accepted in
+_ACCEPTS = {
+    "cancel": frozenset({"pending", "running", "paused"}),
+    "resume": frozenset({"paused", "running"}),
+    "retry": frozenset({"failed"}),
+}
+
+
+async def record_command(
+    conn: Conn, audit: AuditContext, run_id: UUID, kind: str, payload: dict[str, Any]
+) -> asyncpg.Record:
+    """Check the run can take the command, then store it; returns the run."""
+    run = await conn.fetchrow(queries["get_run"], run_id, audit.principal.owner_filter)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    if run["status"] not in _ACCEPTS[kind]:
+        raise Conflict(f"cannot {kind}: run is {run['status']}", {"status": run["status"]})
+    await conn.execute(queries["insert_command"], run_id, kind, payload, audit.principal.user_id)
+    await record_audit(
+        conn,
+        audit,
+        action=kind,
+        entity_type="run",
+        entity_id=str(run_id),
+        owner_id=run["owner_id"],
+        changes=payload,
+    )
+    return run
