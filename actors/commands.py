@@ -88,6 +88,9 @@ def _resume(scratch: RunState, t: Transition, payload: dict[str, Any]) -> str:
         return f"resume ignored: step {sid!r} is {scratch.statuses[node.id]}"
     attempt = scratch.attempts[node.id]
     user = payload.get("user_id")
+    if scratch.run_status == "paused":
+        scratch.run_status = "running"
+        t.run("running", "run.resumed", None, by=user)
     if payload.get("approved", True):
         output = approval.decided(True, payload.get("data"), user)
         scratch.record(

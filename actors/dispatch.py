@@ -123,7 +123,10 @@ class RunDispatcher:
         log.error("run actor crashed", exc_info=exc, extra={"run_id": key})
         if lease is None:
             return
-        t = Transition()
+        # Its pending commands are settled too, so a command that crashes the actor cannot
+        # crash every actor the sweep spawns after it.
+        pending = await self.pool.fetch(queries["list_pending_commands"], run_id)
+        t = Transition(commands=[r["id"] for r in pending], outcome="not applied: run crashed")
         error = {"message": f"internal error: {type(exc).__name__}: {exc}", "code": "crashed"}
         t.run("failed", "run.failed", error)
         with contextlib.suppress(LeaseLost):

@@ -104,10 +104,15 @@ class RunActor(Actor):
             raise LeaseLost(f"shard {row['shard']} is not ours")
         steps = await pool.fetch(queries["list_run_steps"], self.run_id)
         self.run_state = RunState.load(self.run, [dict(s) for s in steps])
-        if self.run_state.terminal:
-            self.stop()
+        if not self.run_state.terminal:
+            await self._recover()
             return
-        await self._recover()
+        # Only a command (a retry) brings an ended run back; its commit starts what is due.
+        await self._apply_commands()
+        if self._run_state().terminal:
+            self.stop()
+        else:
+            await self._arm_deadline()
 
     async def _recover(self) -> None:
         """Continue where the run was: re-run the in-flight step, re-arm every wait."""

@@ -71,18 +71,28 @@ class Transition:
 
 async def persist(pool: asyncpg.Pool[Any], run_id: UUID, lease: Lease, t: Transition) -> int:
     """Commit `t`; returns the seq before its first event. Raises LeaseLost when fenced."""
+    # A step may change twice in one transition (reset, then started): its row takes the last
+    # change, while every finished attempt along the way is still recorded once.
+    rows = list({c.step_id: c for c in t.steps}.values())
+    finished = list(
+        {
+            (c.step_id, c.attempt): c
+            for c in reversed(t.steps)
+            if c.recorded_result() and c.attempt > 0
+        }.values()
+    )
     base = await pool.fetchval(
         queries["persist_run_changes"],
         run_id,
         lease.shard,
         lease.node_id,
         lease.token,
-        [c.step_id for c in t.steps],
-        [c.status for c in t.steps],
-        [c.attempt for c in t.steps],
-        [c.output for c in t.steps],
-        [c.error for c in t.steps],
-        [c.wake_at for c in t.steps],
+        [c.step_id for c in rows],
+        [c.status for c in rows],
+        [c.attempt for c in rows],
+        [c.output for c in rows],
+        [c.error for c in rows],
+        [c.wake_at for c in rows],
         t.run_status,
         t.run_error,
         t.run_output,
@@ -91,7 +101,11 @@ async def persist(pool: asyncpg.Pool[Any], run_id: UUID, lease: Lease, t: Transi
         [e.data for e in t.events],
         t.commands,
         t.outcome,
-        [c.recorded_result() for c in t.steps],
+        [c.step_id for c in finished],
+        [c.attempt for c in finished],
+        [c.recorded_result() for c in finished],
+        [c.output for c in finished],
+        [c.error for c in finished],
     )
     if base is None:
         raise LeaseLost(f"lease on shard {lease.shard} lost (token {lease.token})")

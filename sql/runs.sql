@@ -80,7 +80,7 @@ UPDATE runs SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NULL;
 -- $11 new run status (NULL: unchanged), $12 run error, $13 run output,
 -- $14..$16 events as parallel arrays: names, step ids, data,
 -- $17 ids of commands this change completes, $18 their outcome,
--- $19 (parallel to $5) the result of the attempt each change records, or NULL.
+-- $19..$23 finished attempts as parallel arrays: step ids, attempts, results, outputs, errors.
 -- One statement, so one transaction: step state, write-once attempt results, the run row and
 -- its events commit together, and only while this node still holds the shard's lease.
 -- Returns the seq before the first new event, or no row when the lease is gone.
@@ -103,8 +103,7 @@ WITH lease AS (
     RETURNING last_seq - cardinality($14::text[]) AS base_seq
 ), changes AS (
     SELECT * FROM unnest($5::text[], $6::text[], $7::int[], $8::jsonb[], $9::jsonb[],
-                         $10::timestamptz[], $19::text[])
-        AS c(step_id, status, attempt, output, error, wake_at, result)
+                         $10::timestamptz[]) AS c(step_id, status, attempt, output, error, wake_at)
 ), steps AS (
     INSERT INTO run_steps AS s (run_id, step_id, status, attempt, output, error, wake_at,
                                 started_at, completed_at)
@@ -120,9 +119,9 @@ WITH lease AS (
         completed_at = EXCLUDED.completed_at
 ), attempts AS (
     INSERT INTO step_attempts (run_id, step_id, attempt, status, output, error)
-    SELECT $1, c.step_id, c.attempt, c.result, c.output, c.error
-    FROM changes c, run
-    WHERE c.result IS NOT NULL AND c.attempt > 0
+    SELECT $1, a.step_id, a.attempt, a.result, a.output, a.error
+    FROM run, unnest($19::text[], $20::int[], $21::text[], $22::jsonb[], $23::jsonb[])
+        AS a(step_id, attempt, result, output, error)
     ON CONFLICT DO NOTHING
 ), events AS (
     INSERT INTO run_events (run_id, seq, event, step_id, data)
