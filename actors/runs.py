@@ -47,6 +47,7 @@ async def start_run(
     timeout_s: float | None = None,
     scheduled_for: datetime | None = None,
     parent: tuple[UUID, str, int] | None = None,
+    schedule_id: UUID | None = None,
 ) -> asyncpg.Record:
     """Create a pending run of a published workflow (the run row is the start command)."""
     workflow = await conn.fetchrow(queries["get_workflow"], workflow_id, owner)
@@ -79,6 +80,7 @@ async def start_run(
         parent_step,
         parent_attempt,
         created_by,
+        schedule_id,
     )
     if run is None:
         raise Conflict("this step attempt already started its child run")

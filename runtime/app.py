@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, OpenApiVersion, validation_middleware
 
 from actors.dispatch import runs_ctx
-from handlers import api_keys, audit, runs, stream, system, workflows
+from handlers import api_keys, audit, runs, schedules, stream, system, webhooks, workflows
 from handlers.common import validation_error_callback
 from runtime.auth import TokenVerifier, auth_middleware
 from runtime.config import Config
@@ -44,7 +44,7 @@ def create_app(config: Config) -> web.Application:
         issuer=config.jwt_issuer,
         jwks_url=config.jwks_url,
     )
-    for module in (system, workflows, runs, stream, api_keys, audit):
+    for module in (system, workflows, runs, stream, schedules, webhooks, api_keys, audit):
         app.router.add_routes(module.routes())
     app.cleanup_ctx.append(db_pool_ctx)
     app.cleanup_ctx.append(idempotency_cleanup_ctx)

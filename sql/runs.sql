@@ -1,13 +1,14 @@
 -- name: insert_run
 -- $1 id, $2 shard, $3 workflow_id, $4 workflow_version, $5 owner_id, $6 trigger_type, $7 input,
 -- $8 timeout_s, $9 scheduled_for, $10 parent_run_id, $11 parent_step_id, $12 parent_attempt,
--- $13 created_by. The run row is the durable start command; its first event says so.
+-- $13 created_by, $14 schedule_id. The run row is the durable start command; its first event
+-- says so.
 -- Returns no row when the parent's step attempt already has its child run.
 WITH run AS (
     INSERT INTO runs (id, shard, workflow_id, workflow_version, owner_id, trigger_type, input,
                       timeout_s, scheduled_for, parent_run_id, parent_step_id, parent_attempt,
-                      created_by, last_seq)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1)
+                      created_by, schedule_id, last_seq)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)
     ON CONFLICT DO NOTHING
     RETURNING *
 ), created AS (
