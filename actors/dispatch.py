@@ -19,6 +19,7 @@ import asyncpg
 from aiohttp import web
 
 from actors.base import MailboxFull
+from actors.cron import CronActor
 from actors.registry import ActorRegistry
 from actors.run import Poke, RunActor
 from actors.run_store import LeaseLost, Transition, persist
@@ -26,7 +27,7 @@ from actors.runs import start_run
 from actors.steps.context import StepFailed
 from runtime.bus import EventBus
 from runtime.errors import ApiError
-from runtime.keys import CONFIG, DB_POOL, DISPATCHER
+from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER
 from runtime.shards import Lease, ShardManager, shard_of
 from runtime.sql import queries
 
@@ -56,6 +57,7 @@ class RunDispatcher:
         )
         bus.on_command = self._on_bus_command
         self._sweeper: asyncio.Task[None] | None = None
+        self.cron: CronActor | None = None
 
     async def start(self) -> None:
         await self.shards.start()
@@ -63,6 +65,8 @@ class RunDispatcher:
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="runs:sweep")
 
     async def close(self) -> None:
+        if self.cron is not None:
+            await self.cron.stop_and_wait()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -96,6 +100,8 @@ class RunDispatcher:
     async def _acquired(self, leases: Mapping[int, Lease]) -> None:
         rows = await self.pool.fetch(queries["list_active_runs"], list(leases))
         log.info("shards acquired", extra={"shards": len(leases), "active_runs": len(rows)})
+        if self.cron is not None:
+            self.cron.poke()
         for row in rows:
             await self.wake(row["id"])
 
@@ -192,6 +198,10 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     await dispatcher.start()
+    cron = CronActor(app[DB_POOL], dispatcher, app[CLOCK], config.node_id)
+    dispatcher.cron = cron
+    bus.on_schedules_changed = cron.poke
+    cron.start()
     yield
     await dispatcher.close()
     await http.close()

@@ -11,10 +11,11 @@ from actors.dispatch import runs_ctx
 from handlers import api_keys, audit, runs, schedules, stream, system, webhooks, workflows
 from handlers.common import validation_error_callback
 from runtime.auth import TokenVerifier, auth_middleware
+from runtime.clock import Clock
 from runtime.config import Config
 from runtime.db import db_pool_ctx
 from runtime.idempotency import idempotency_cleanup_ctx, idempotency_middleware
-from runtime.keys import CONFIG, VERIFIER
+from runtime.keys import CLOCK, CONFIG, VERIFIER
 from runtime.middleware import error_middleware
 
 API_TITLE = "Stepwell"
@@ -26,7 +27,7 @@ MAX_BODY_BYTES = 2 * 1024 * 1024
 warnings.filterwarnings("ignore", category=web.NotAppKeyWarning, module="aiohttp_apigami")
 
 
-def create_app(config: Config) -> web.Application:
+def create_app(config: Config, *, clock: Clock | None = None) -> web.Application:
     """Build the application for `config`; resources start with the app, in this order."""
     app = web.Application(
         middlewares=[
@@ -38,6 +39,7 @@ def create_app(config: Config) -> web.Application:
         client_max_size=MAX_BODY_BYTES,
     )
     app[CONFIG] = config
+    app[CLOCK] = clock or Clock()
     app[VERIFIER] = TokenVerifier(
         secret=config.jwt_secret,
         audience=config.jwt_audience,

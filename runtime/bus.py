@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL = "stepwell_events"
 COMMANDS_CHANNEL = "stepwell_commands"
+SCHEDULES_CHANNEL = "stepwell_schedules"
 BATCH_DELAY_S = 0.01
 MAX_PAYLOAD = 7800  # NOTIFY payloads must stay under 8000 bytes
 RECONNECT_DELAY_S = 1.0
@@ -57,6 +58,7 @@ class EventBus:
         self.database_url = database_url
         self.node_id = node_id
         self.on_command: CommandHandler | None = None
+        self.on_schedules_changed: Callable[[], None] | None = None
         self._watchers: dict[UUID, set[Subscription]] = defaultdict(set)
         self._outbox: set[UUID] = set()
         self._outbox_ready = asyncio.Event()
@@ -74,6 +76,7 @@ class EventBus:
         conn = await asyncpg.connect(self.database_url)
         await conn.add_listener(EVENTS_CHANNEL, self._on_events)
         await conn.add_listener(COMMANDS_CHANNEL, self._on_commands)
+        await conn.add_listener(SCHEDULES_CHANNEL, self._on_schedules)
         self._conn = conn
 
     async def _watch_connection(self) -> None:
@@ -112,6 +115,14 @@ class EventBus:
     async def command_written(self, run_id: UUID) -> None:
         """A command for a run another process owns is committed: ring its owner."""
         await self._notify(COMMANDS_CHANNEL, f"{self.node_id}|{run_id}")
+
+    async def schedules_changed(self) -> None:
+        """A schedule was created or changed: every process's cron actor looks again."""
+        await self._notify(SCHEDULES_CHANNEL, self.node_id)
+
+    def _on_schedules(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        if self.on_schedules_changed is not None and str(payload) != self.node_id:
+            self.on_schedules_changed()
 
     def _wake(self, run_id: UUID) -> None:
         for sub in self._watchers.get(run_id, ()):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
+from runtime.clock import Clock
 from runtime.config import Config
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from runtime.auth import TokenVerifier
 
 CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Clock)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 DISPATCHER: web.AppKey[RunDispatcher] = web.AppKey("dispatcher")
