@@ -24,6 +24,7 @@ from runtime.sql import queries
 log = logging.getLogger(__name__)
 MAX_SLEEP_S = 2.0
 BATCH = 100
+PARALLEL_FIRES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +74,17 @@ class CronActor(Actor):
         shards = list(self.dispatcher.shards.owned)
         if not shards:
             return
+        # Schedules are independent rows: fire several at once so a burst of schedules due in
+        # the same second is not served one transaction after another.
+        limit = asyncio.Semaphore(PARALLEL_FIRES)
+
+        async def fire(schedule_id: UUID) -> None:
+            async with limit:
+                await self._fire(schedule_id)
+
         while True:
             ids = await self.pool.fetch(queries["due_schedules"], shards, self.clock.now(), BATCH)
-            for row in ids:
-                await self._fire(row["id"])
+            await asyncio.gather(*(fire(row["id"]) for row in ids))
             if len(ids) < BATCH:
                 return
 
