@@ -8,7 +8,19 @@ from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, OpenApiVersion, validation_middleware
 
 from actors.dispatch import runs_ctx
-from handlers import api_keys, audit, runs, schedules, stream, system, webhooks, workflows
+from handlers import (
+    api_keys,
+    audit,
+    datasets,
+    models,
+    runs,
+    schedules,
+    storage,
+    stream,
+    system,
+    webhooks,
+    workflows,
+)
 from handlers.common import validation_error_callback
 from runtime.auth import TokenVerifier, auth_middleware
 from runtime.clock import Clock
@@ -17,6 +29,7 @@ from runtime.db import db_pool_ctx
 from runtime.idempotency import idempotency_cleanup_ctx, idempotency_middleware
 from runtime.keys import CLOCK, CONFIG, VERIFIER
 from runtime.middleware import error_middleware
+from runtime.storage import storage_ctx
 
 API_TITLE = "Stepwell"
 API_VERSION = "0.1.0"
@@ -46,10 +59,24 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
         issuer=config.jwt_issuer,
         jwks_url=config.jwks_url,
     )
-    for module in (system, workflows, runs, stream, schedules, webhooks, api_keys, audit):
+    modules = (
+        system,
+        workflows,
+        runs,
+        stream,
+        schedules,
+        webhooks,
+        datasets,
+        models,
+        storage,
+        api_keys,
+        audit,
+    )
+    for module in modules:
         app.router.add_routes(module.routes())
     app.cleanup_ctx.append(db_pool_ctx)
     app.cleanup_ctx.append(idempotency_cleanup_ctx)
+    app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(runs_ctx)
     setup_docs(app)
     return app

@@ -46,6 +46,8 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     dev: bool = False
     lease_ttl_s: float = 15.0
+    storage_url: str | None = None  # None: file storage under data_dir/storage
+    public_url: str | None = None  # how clients reach this server (for local signed URLs)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
@@ -72,6 +74,8 @@ class Config:
             cors_origins=origins,
             dev=env.get("STEPWELL_DEV", "") in ("1", "true", "yes"),
             lease_ttl_s=_positive(env, "STEPWELL_LEASE_TTL_S", 15.0),
+            storage_url=env.get("STEPWELL_STORAGE") or None,
+            public_url=env.get("STEPWELL_PUBLIC_URL") or None,
         )
 
     def with_dev_secret(self) -> tuple[Config, bool]:

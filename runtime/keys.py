@@ -13,9 +13,11 @@ from runtime.config import Config
 if TYPE_CHECKING:
     from actors.dispatch import RunDispatcher
     from runtime.auth import TokenVerifier
+    from runtime.storage.base import Storage
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
 DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 DISPATCHER: web.AppKey[RunDispatcher] = web.AppKey("dispatcher")
+STORAGE: web.AppKey[Storage] = web.AppKey("storage")
