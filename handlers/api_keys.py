@@ -19,9 +19,9 @@ from handlers.common import (
     envelope,
     error_responses,
     list_envelope,
-    ok,
     principal_of,
     record_json,
+    shown_once,
     validated,
 )
 from runtime.audit import record_audit
@@ -102,7 +102,7 @@ async def create_api_key(request: web.Request) -> web.Response:
             owner_id=principal.user_id,
             changes={"name": body["name"], "prefix": prefix},
         )
-    return ok({**record_json(row), "key": key}, status=201)
+    return shown_once({**record_json(row), "key": key})
 
 
 @docs(tags=TAGS, summary="List your API keys", responses=error_responses(401, 422))

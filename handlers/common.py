@@ -51,6 +51,13 @@ def ok(data: Any, status: int = 200) -> web.Response:
     return web.json_response({"data": data}, status=status)
 
 
+def shown_once(data: Any, status: int = 201) -> web.Response:
+    """A response holding a secret: no cache or idempotency record may keep a copy."""
+    response = ok(data, status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def envelope(schema: type[Schema], name: str) -> type[Schema]:
     """`{"data": <schema>}` for the docs."""
     return Schema.from_dict({"data": fields.Nested(schema, required=True)}, name=name)

@@ -24,6 +24,7 @@ from handlers.common import (
     ok,
     principal_of,
     record_json,
+    shown_once,
     validated,
 )
 from handlers.runs import RunResponse
@@ -267,7 +268,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
         )
         assert row is not None  # noqa: S101 - an upsert always returns its row
         await _audit(conn, request, workflow, "rotate", replaced=row["replaced"])
-    return ok({"secret": secret, **record_json(row, skip=("replaced",))}, status=201)
+    return shown_once({"secret": secret, **record_json(row, skip=("replaced",))})
 
 
 @docs(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,14 @@ HEADER = "X-Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
 CLEANUP_INTERVAL_S = 3600.0
+_SECRET_SHOWN_ONCE = {
+    "error": {
+        "code": "CONFLICT",
+        "message": "this request already succeeded; its response held a secret shown only once",
+        "details": {},
+        "request_id": "",
+    }
+}
 
 
 def request_fingerprint(method: str, path: str, body: bytes) -> str:
@@ -58,12 +67,16 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
         await pool.execute(queries["release_idempotency_key"], owner, key)
         raise
     if 200 <= response.status < 300 and isinstance(response, web.Response):
-        body = response.body if isinstance(response.body, bytes) else b""
+        status, body = response.status, response.body if isinstance(response.body, bytes) else b""
+        if "no-store" in response.headers.get("Cache-Control", ""):
+            # The response holds a secret shown once (an API key, a webhook secret): keep no
+            # copy. A replay learns the request succeeded, not the secret.
+            status, body = 409, json.dumps(_SECRET_SHOWN_ONCE).encode()
         await pool.execute(
             queries["complete_idempotency_key"],
             owner,
             key,
-            response.status,
+            status,
             body.decode(),
             response.content_type,
         )
@@ -99,6 +112,8 @@ async def idempotency_cleanup_ctx(app: web.Application) -> AsyncIterator[None]:
             try:
                 status = await app[DB_POOL].execute(queries["delete_expired_idempotency_keys"])
                 log.debug("idempotency sweep: %s", status)
+                # Webhook delivery ids are the senders' idempotency keys: same retention.
+                await app[DB_POOL].execute(queries["delete_expired_webhook_deliveries"])
             except Exception:
                 log.exception("idempotency sweep failed")
             await asyncio.sleep(CLEANUP_INTERVAL_S)

@@ -31,3 +31,7 @@ INSERT INTO webhook_deliveries (workflow_id, delivery_id, run_id)
 VALUES ($1, $2, $3)
 ON CONFLICT (workflow_id, delivery_id) DO NOTHING
 RETURNING run_id;
+
+-- name: delete_expired_webhook_deliveries
+-- Delivery ids are kept as long as idempotency keys: 24 hours.
+DELETE FROM webhook_deliveries WHERE received_at < now() - interval '24 hours';

@@ -103,3 +103,21 @@ async def test_bad_key_is_422(client: Client) -> None:
     resp = await client.post(BASE, json={"name": "x"}, headers=_headers("k" * 300))
     assert resp.status == 422
     assert await _count(client) == 0
+
+
+async def test_secrets_are_not_kept_for_replays(client: Client, database_url: str) -> None:
+    headers = _headers("key-once")
+    first = await client.post("/api/v1/api-keys", json={"name": "ci"}, headers=headers)
+    assert first.status == 201
+    secret = (await first.json())["data"]["key"]
+    again = await client.post("/api/v1/api-keys", json={"name": "ci"}, headers=headers)
+    assert again.status == 409
+    assert "shown only once" in (await again.json())["error"]["message"]
+    conn = await asyncpg.connect(database_url)
+    try:
+        stored = await conn.fetchval("SELECT string_agg(response_body, '') FROM idempotency_keys")
+    finally:
+        await conn.close()
+    assert secret not in stored
+    resp = await client.get("/api/v1/api-keys", headers=auth())
+    assert (await resp.json())["pagination"]["total"] == 1, "the replay made no second key"
