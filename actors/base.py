@@ -279,4 +279,5 @@ class Actor(ABC):
                 error.__cause__ = self.__failure
                 envelope.reply.set_exception(error)
         if dropped:
-            log.warning("actor %r stopped with %d told message(s) unhandled", self.key, dropped)
+            # Usually wake-ups racing a stop; whatever they announced is in the database.
+            log.debug("actor %r stopped with %d told message(s) unhandled", self.key, dropped)

@@ -133,7 +133,8 @@ def _child_done(scratch: RunState, t: Transition, payload: dict[str, Any]) -> st
     if scratch.attempts.get(sid) != attempt:
         return "child result ignored: step no longer waiting for it"
     status = payload.get("status")
-    result = {
+    # A child run reports its run; other waited-for work (a training job) its own result.
+    result = payload.get("result") or {
         "run_id": payload.get("child_run_id"),
         "status": status,
         "output": payload.get("output"),

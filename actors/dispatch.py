@@ -25,11 +25,13 @@ from actors.run import Poke, RunActor
 from actors.run_store import LeaseLost, Transition, persist
 from actors.runs import start_run
 from actors.steps.context import StepFailed
+from actors.training_job import JobBackend, JobPoke, TrainingJobActor
 from runtime.bus import EventBus
 from runtime.errors import ApiError
-from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER
+from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER, STORAGE
 from runtime.shards import Lease, ShardManager, shard_of
 from runtime.sql import queries
+from runtime.storage.base import Storage
 
 log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 2.0
@@ -58,6 +60,8 @@ class RunDispatcher:
         bus.on_command = self._on_bus_command
         self._sweeper: asyncio.Task[None] | None = None
         self.cron: CronActor | None = None
+        self.storage: Storage | None = None
+        self.training: JobBackend | None = None
 
     async def start(self) -> None:
         await self.shards.start()
@@ -93,20 +97,47 @@ class RunDispatcher:
         # A new actor reads the run and its pending commands as it starts.
         self.registry.get_or_spawn(str(run_id), lambda: RunActor(run_id, self))
 
-    async def _on_bus_command(self, run_id: UUID) -> None:
-        if self.shards.lease_for(shard_of(run_id)) is not None:
-            await self.wake(run_id)
+    async def _on_bus_command(self, kind: str, key: UUID) -> None:
+        if self.shards.lease_for(shard_of(key)) is None:
+            return
+        if kind == "job":
+            await self.wake_job(key)
+        else:
+            await self.wake(key)
+
+    async def wake_job(self, job_id: UUID) -> None:
+        """A training job has news (created, cancel requested): make sure its owner looks."""
+        if self.shards.lease_for(shard_of(job_id)) is None:
+            await self.bus.command_written(job_id, "job")
+            return
+        key = f"job:{job_id}"
+        existing = self.registry.get(key)
+        if existing is not None:
+            with contextlib.suppress(MailboxFull):
+                existing.tell(JobPoke())
+            return
+        self.registry.get_or_spawn(key, lambda: TrainingJobActor(job_id, self))
 
     async def _acquired(self, leases: Mapping[int, Lease]) -> None:
         rows = await self.pool.fetch(queries["list_active_runs"], list(leases))
-        log.info("shards acquired", extra={"shards": len(leases), "active_runs": len(rows)})
+        jobs = await self.pool.fetch(queries["list_active_training_jobs"], list(leases))
+        log.info(
+            "shards acquired",
+            extra={"shards": len(leases), "active_runs": len(rows), "jobs": len(jobs)},
+        )
+        for job in jobs:
+            await self.wake_job(job["id"])
         if self.cron is not None:
             self.cron.poke()
         for row in rows:
             await self.wake(row["id"])
 
     async def _released(self, leases: Mapping[int, Lease]) -> None:
-        keys = [k for k in self.registry.keys() if shard_of(UUID(k)) in leases]  # noqa: SIM118
+        keys = [
+            k
+            for k in self.registry.keys()  # noqa: SIM118 - a method, not a dict
+            if shard_of(UUID(k.removeprefix("job:"))) in leases
+        ]
         await asyncio.gather(*(self.registry.stop(k) for k in keys))
 
     async def _sweep_forever(self) -> None:
@@ -124,6 +155,9 @@ class RunDispatcher:
     async def _on_crash(self, key: str, exc: BaseException) -> None:
         if isinstance(exc, LeaseLost):
             return  # another node owns the run now and carries on
+        if key.startswith("job:"):
+            await self._job_crashed(UUID(key.removeprefix("job:")), exc)
+            return
         run_id = UUID(key)
         lease = self.shards.lease_for(shard_of(run_id))
         log.error("run actor crashed", exc_info=exc, extra={"run_id": key})
@@ -139,7 +173,48 @@ class RunDispatcher:
             await persist(self.pool, run_id, lease, t)
             self.bus.published(run_id)
 
-    # -- services for run actors -------------------------------------------------------------
+    async def _job_crashed(self, job_id: UUID, exc: BaseException) -> None:
+        """A crashed job actor fails its job visibly instead of leaving it running."""
+        lease = self.shards.lease_for(shard_of(job_id))
+        log.error("training job actor crashed", exc_info=exc, extra={"job_id": str(job_id)})
+        if lease is None:
+            return
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        await self.pool.execute(queries["append_training_log"], job_id, "error", message)
+        row = await self.pool.fetchrow(
+            queries["set_training_status"],
+            job_id,
+            "failed",
+            None,
+            message,
+            lease.shard,
+            lease.node_id,
+            lease.token,
+        )
+        self.bus.published(job_id)
+        if row is not None and row["run_id"] is not None:
+            await self.training_finished(dict(row))
+
+    # -- services for run and job actors -----------------------------------------------------
+
+    async def training_finished(self, job: Mapping[str, Any]) -> None:
+        """Tell the run whose step started a training job how it ended (a durable command)."""
+        step_id, _, attempt = str(job["step_id"]).rpartition("#")
+        result = {
+            "training_job_id": str(job["id"]),
+            "status": job["status"],
+            "model_version_id": _text(job.get("model_version_id")),
+            "metrics": job.get("metrics") or {},
+        }
+        payload = {
+            "step_id": step_id,
+            "attempt": int(attempt),
+            "status": job["status"],
+            "result": result,
+            "error": job.get("error"),
+        }
+        await self.pool.execute(queries["insert_child_done"], job["run_id"], payload)
+        await self.wake(job["run_id"])
 
     async def start_child(
         self,
@@ -186,6 +261,10 @@ class RunDispatcher:
         await self.wake(run["parent_run_id"])
 
 
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the bus, the HTTP client steps use, shard leases and run actors."""
     config = app[CONFIG]
@@ -197,6 +276,7 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
         app[DB_POOL], bus, http, config.node_id, lease_ttl_s=config.lease_ttl_s
     )
     app[DISPATCHER] = dispatcher
+    dispatcher.storage = app[STORAGE]
     await dispatcher.start()
     cron = CronActor(app[DB_POOL], dispatcher, app[CLOCK], config.node_id)
     dispatcher.cron = cron

@@ -237,13 +237,28 @@ class RunActor(Actor):
     # -- planning and committing -------------------------------------------------------------
 
     async def _commit(self, t: Transition, scratch: RunState) -> None:
-        """Schedule what became ready, settle the run's status, persist, then act."""
-        launches = await self._schedule(t, scratch)
-        self._settle(t, scratch)
-        if not t:
-            return
-        assert self.lease is not None  # noqa: S101
-        await persist(self.services.pool, self.run_id, self.lease, t)
+        """Schedule what became ready, settle the run's status, persist, then act.
+
+        Steps computed inline (pure ones) are committed round by round: a step's result is
+        durable before any step that depends on it is computed.
+        """
+        while True:
+            launches, computed = await self._schedule(t, scratch)
+            self._settle(t, scratch)
+            if not t:
+                return
+            assert self.lease is not None  # noqa: S101
+            await persist(self.services.pool, self.run_id, self.lease, t)
+            self._adopt(t, scratch, launches)
+            if scratch.terminal:
+                await self._finish(t)
+                return
+            if not computed:
+                return
+            scratch, t = scratch.copy(), Transition()
+
+    def _adopt(self, t: Transition, scratch: RunState, launches: list[tuple[str, int]]) -> None:
+        """After the commit: take the new state, start and stop tasks, arm timers, tell."""
         self.run_state = scratch
         for sid in [s for s in self.tasks if scratch.statuses.get(s) != StepStatus.RUNNING]:
             self.tasks.pop(sid).cancel()
@@ -253,28 +268,31 @@ class RunActor(Actor):
             if change.wake_at is not None:
                 self._arm(change.step_id, change.attempt, change.wake_at)
         self.services.bus.published(self.run_id)
-        if scratch.terminal:
-            await self._finish(t)
 
-    async def _schedule(self, t: Transition, scratch: RunState) -> list[tuple[str, int]]:
-        """Add skips, pure step results and starts to `t`; returns the steps to launch."""
+    async def _schedule(
+        self, t: Transition, scratch: RunState
+    ) -> tuple[list[tuple[str, int]], bool]:
+        """Add one round of skips, pure step results and starts to `t`.
+
+        Returns the steps to launch once committed, and whether a pure step was computed (so
+        another round may be ready after this one is committed).
+        """
         launches: list[tuple[str, int]] = []
-        while not scratch.terminal:
-            start, skip = next_steps(scratch.graph, scratch.effective_statuses(), scratch.outputs)
-            for sid in skip:
-                scratch.record(t, StepChange(sid, "skipped", scratch.attempts[sid]), "step.skipped")
-            progressed = False
-            for sid in start:
-                attempt = scratch.attempts[sid] + 1
-                if scratch.graph.nodes[sid].type in PURE_STEPS:
-                    await self._run_pure(t, scratch, sid, attempt)
-                    progressed = True
-                else:
-                    scratch.record(t, StepChange(sid, "running", attempt), "step.started")
-                    launches.append((sid, attempt))
-            if not progressed or scratch.verdict()[0] == "failed":
-                break
-        return launches
+        if scratch.terminal:
+            return launches, False
+        start, skip = next_steps(scratch.graph, scratch.effective_statuses(), scratch.outputs)
+        for sid in skip:
+            scratch.record(t, StepChange(sid, "skipped", scratch.attempts[sid]), "step.skipped")
+        computed = False
+        for sid in start:
+            attempt = scratch.attempts[sid] + 1
+            if scratch.graph.nodes[sid].type in PURE_STEPS:
+                await self._run_pure(t, scratch, sid, attempt)
+                computed = True
+            else:
+                scratch.record(t, StepChange(sid, "running", attempt), "step.started")
+                launches.append((sid, attempt))
+        return launches, computed
 
     async def _run_pure(self, t: Transition, scratch: RunState, sid: str, attempt: int) -> None:
         t.events.append(Event("step.started", sid, {"attempt": attempt}))

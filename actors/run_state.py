@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,12 +75,13 @@ class RunState:
 
     def scope(self) -> dict[str, Any]:
         """What templates and conditions see: {input, steps: {id: {output, status}}}."""
+        # No copies: outputs are never changed once recorded, and templates only read them.
         steps = {
-            sid: {"output": copy.deepcopy(self.outputs.get(sid)), "status": str(status)}
+            sid: {"output": self.outputs.get(sid), "status": str(status)}
             for sid, status in self.statuses.items()
             if status != StepStatus.PENDING
         }
-        return {"input": copy.deepcopy(self.input), "steps": steps}
+        return {"input": self.input, "steps": steps}
 
     def record(self, t: Transition, change: StepChange, event: str, **data: Any) -> None:
         """Add a step change to the transition and to this (scratch) state."""

@@ -29,7 +29,8 @@ from runtime.db import apply_migrations, database_url_for
 STEPS_PER_RUN = 10
 WARMUP_RUNS = 5
 DATABASE = "stepwell_bench"
-JWT_SECRET = "stepwell-bench-secret-not-for-production-use-0123456789abcdefghij"  # 64 bytes
+# 64 bytes; signs tokens for a loopback server that lives only as long as the benchmark.
+JWT_SECRET = "stepwell-bench-secret-not-for-production-use-0123456789abcdefghij"  # noqa: S105
 USER = "bench"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 WATCH_MODES = ("ws", "poll")
@@ -65,12 +66,20 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 def chain_definition(steps: int = STEPS_PER_RUN, step_type: str = "transform") -> dict[str, Any]:
     """`steps` nodes in a chain s0 -> s1 -> ... ; each a no-op returning a small object."""
-    configs = {"transform": lambda i: {"output": {"i": i}}, "delay": lambda i: {"seconds": 0}}
     nodes = [
-        {"id": f"s{i}", "type": step_type, "data": configs[step_type](i)} for i in range(steps)
+        {"id": f"s{i}", "type": step_type, "data": _node_config(step_type, i)} for i in range(steps)
     ]
     edges = [{"source": f"s{i}", "target": f"s{i + 1}"} for i in range(steps - 1)]
     return {"nodes": nodes, "edges": edges}
+
+
+def _node_config(step_type: str, index: int) -> dict[str, Any]:
+    """The `data` of node `index` for a step type that does nothing."""
+    if step_type == "transform":
+        return {"output": {"i": index}}  # a small dict, like the one DBOS's no-op step returns
+    if step_type == "delay":
+        return {"seconds": 0}  # an executed (not inline) step that finishes at once
+    raise ValueError(f"no no-op config for step type {step_type!r}")
 
 
 async def recreate_database(server_url: str, database: str = DATABASE) -> str:
@@ -106,6 +115,7 @@ class StepwellClient:
     """An outside caller of one Stepwell server: starts runs and waits for them to end."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, token: str) -> None:
+        """Call the server at `base_url` through `session` as the holder of `token`."""
         self.session = session
         self.base_url = base_url
         self.token = token
@@ -130,10 +140,12 @@ class StepwellClient:
         return str(workflow["id"])
 
     async def start_run(self, workflow_id: str) -> str:
+        """Start a run with an empty input; return its id."""
         run = await self.call("POST", f"/api/v1/workflows/{workflow_id}/run", 202, {"input": {}})
         return str(run["id"])
 
     async def get_run(self, run_id: str) -> dict[str, Any]:
+        """The run as GET /api/v1/runs/{id} shows it."""
         return await self.call("GET", f"/api/v1/runs/{run_id}", 200)
 
     async def watch_ws(self, run_id: str) -> str:
@@ -208,6 +220,7 @@ async def measure_throughput(
     completed = [0] * concurrency
 
     async def worker(slot: int) -> None:
+        """One in-flight slot: the next run starts when the last one ended."""
         while loop.time() < deadline:
             await client.run_once(workflow_id, watch)
             completed[slot] += 1
@@ -218,17 +231,16 @@ async def measure_throughput(
 
 
 @asynccontextmanager
-async def stepwell_client(
-    database_url: str, concurrency: int
-) -> AsyncIterator[StepwellClient]:
+async def stepwell_client(database_url: str, concurrency: int) -> AsyncIterator[StepwellClient]:
     """The real app on loopback and a client session for it; both closed on exit."""
     config = Config(database_url=database_url, jwt_secret=JWT_SECRET, node_id="bench")
     token = mint_token(JWT_SECRET, USER, audience=config.jwt_audience)
     # Each in-flight run holds a keep-alive connection for its POST and one for its socket.
     connector = aiohttp.TCPConnector(limit=2 * concurrency + 8)
-    async with serve(create_app(config)) as base_url, aiohttp.ClientSession(
-        connector=connector
-    ) as session:
+    async with (
+        serve(create_app(config)) as base_url,
+        aiohttp.ClientSession(connector=connector) as session,
+    ):
         yield StepwellClient(session, base_url, token)
 
 
@@ -238,7 +250,7 @@ async def run_stepwell(
     single_runs: int = 50,
     concurrency: int = 64,
     duration_s: float = 10.0,
-    watch: str = "ws",
+    watch: str = "poll",
     step_type: str = "transform",
 ) -> StepwellFigures:
     """Measure Stepwell's single-run latency and throughput on a fresh database."""

@@ -48,7 +48,8 @@ class Subscription:
         self._event.clear()
 
 
-CommandHandler = Callable[[UUID], Coroutine[Any, Any, None]]
+# (kind, id): kind is "run" or "job", the aggregate whose owner should look at its commands.
+CommandHandler = Callable[[str, UUID], Coroutine[Any, Any, None]]
 
 
 class EventBus:
@@ -112,9 +113,9 @@ class EventBus:
         self._outbox.add(run_id)
         self._outbox_ready.set()
 
-    async def command_written(self, run_id: UUID) -> None:
-        """A command for a run another process owns is committed: ring its owner."""
-        await self._notify(COMMANDS_CHANNEL, f"{self.node_id}|{run_id}")
+    async def command_written(self, key: UUID, kind: str = "run") -> None:
+        """A command for a run (or job) another process owns is committed: ring its owner."""
+        await self._notify(COMMANDS_CHANNEL, f"{self.node_id}|{kind}|{key}")
 
     async def schedules_changed(self) -> None:
         """A schedule was created or changed: every process's cron actor looks again."""
@@ -155,15 +156,16 @@ class EventBus:
                 self._wake(UUID(text))
 
     def _on_commands(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        _, _, text = str(payload).partition("|")
+        _, _, rest = str(payload).partition("|")
+        kind, _, text = rest.partition("|")
         handler = self.on_command
         if handler is None:
             return
         with contextlib.suppress(ValueError):
-            run_id = UUID(text)
+            key = UUID(text)
 
             async def deliver() -> None:
-                await handler(run_id)
+                await handler(kind, key)
 
             task = asyncio.get_running_loop().create_task(deliver())
             self._tasks.append(task)

@@ -30,6 +30,13 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or allowed[0]
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Every setting Stepwell reads, with the defaults the design names."""
@@ -46,6 +53,9 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     dev: bool = False
     lease_ttl_s: float = 15.0
+    compute: str = "local"  # "local" (scikit-learn subprocesses) or "vertex"
+    google_cloud_project: str | None = None
+    vertex_location: str = "us-central1"
     storage_url: str | None = None  # None: file storage under data_dir/storage
     public_url: str | None = None  # how clients reach this server (for local signed URLs)
 
@@ -74,6 +84,9 @@ class Config:
             cors_origins=origins,
             dev=env.get("STEPWELL_DEV", "") in ("1", "true", "yes"),
             lease_ttl_s=_positive(env, "STEPWELL_LEASE_TTL_S", 15.0),
+            compute=_choice(env, "STEPWELL_COMPUTE", ("local", "vertex")),
+            google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
+            vertex_location=env.get("STEPWELL_VERTEX_LOCATION") or "us-central1",
             storage_url=env.get("STEPWELL_STORAGE") or None,
             public_url=env.get("STEPWELL_PUBLIC_URL") or None,
         )

