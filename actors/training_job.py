@@ -22,6 +22,8 @@ import asyncpg
 from actors.base import Actor, ActorStopped, MailboxFull
 from actors.run_store import LeaseLost
 from actors.training import TERMINAL
+from runtime.audit import AuditContext, record_audit
+from runtime.auth import Principal
 from runtime.bus import EventBus
 from runtime.shards import Lease
 from runtime.sql import queries
@@ -218,6 +220,16 @@ class TrainingJobActor(Actor):
             )
             if done is None:
                 raise LeaseLost("lease lost before the job could be recorded")
+            who = AuditContext(Principal(user_id=job["created_by"]), None)
+            await record_audit(
+                conn,
+                who,
+                action="version.create",
+                entity_type="model",
+                entity_id=str(job["model_id"]),
+                owner_id=job["owner_id"],
+                changes={"version": version["version"], "training_job_id": str(self.job_id)},
+            )
         self.job.update(dict(done))
         await self.log(f"registered model version {version['version']}")
 

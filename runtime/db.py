@@ -65,7 +65,8 @@ def apply_migrations(url: str) -> list[str]:
 
 def _dumps(value: Any) -> str:
     # Timestamps and UUIDs appear in audit changes; they are stored as their ISO/str forms.
-    return json.dumps(value, default=str)
+    # NaN and Infinity are not JSON (PostgreSQL refuses them): fail here, as bad input.
+    return json.dumps(value, default=str, allow_nan=False)
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:

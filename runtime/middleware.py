@@ -9,6 +9,7 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -71,6 +72,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = error_response(request_id, exc.status, exc.code, exc.message, exc.details)
     except web.HTTPException as exc:
         response = _from_http_exception(exc, request_id)
+    except asyncpg.DataError as exc:
+        # A value that cannot be stored as given (NaN in JSON, a number out of range): the
+        # request's fault, and nothing was written.
+        message = f"a value cannot be stored: {exc}".split("\n", 1)[0]
+        response = error_response(request_id, 422, "VALIDATION_ERROR", message)
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
         response = error_response(request_id, 500, "INTERNAL_ERROR", "internal error")

@@ -126,3 +126,16 @@ async def test_migrations_apply_from_empty_and_are_idempotent(server_url: str) -
     finally:
         await conn.close()
     assert {"workflows", "api_keys", "idempotency_keys", "audit_logs"} <= tables
+
+
+async def test_nan_and_infinity_are_422_not_500(client: Client) -> None:
+    headers = {**auth(), "Content-Type": "application/json"}
+    for body in (
+        b'{"name": "x", "input_schema": {"default": NaN}}',
+        b'{"name": "x", "definition": {"nodes": [], "edges": [], "k": Infinity}}',
+    ):
+        resp = await client.post("/api/v1/workflows", data=body, headers=headers)
+        assert resp.status == 422, await resp.text()
+        assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
+    resp = await client.get("/api/v1/workflows", headers=auth())
+    assert (await resp.json())["pagination"]["total"] == 0
