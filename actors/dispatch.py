@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from uuid import UUID
@@ -26,7 +27,10 @@ from actors.run_store import LeaseLost, Transition, persist
 from actors.runs import start_run
 from actors.steps.context import StepFailed
 from actors.training_job import JobBackend, JobPoke, TrainingJobActor
+from actors.training_local import LocalTrainingBackend
+from actors.training_vertex import VertexTrainingBackend
 from runtime.bus import EventBus
+from runtime.config import Config, ConfigError
 from runtime.errors import ApiError
 from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER, STORAGE
 from runtime.shards import Lease, ShardManager, shard_of
@@ -261,6 +265,20 @@ class RunDispatcher:
         await self.wake(run["parent_run_id"])
 
 
+def build_training(
+    config: Config, storage: Storage
+) -> LocalTrainingBackend | VertexTrainingBackend:
+    """The training backend STEPWELL_COMPUTE names."""
+    if config.compute == "vertex":
+        from runtime.compute.vertex import VertexBackend
+
+        if not (config.storage_url or "").startswith("gs://"):
+            raise ConfigError("STEPWELL_COMPUTE=vertex needs STEPWELL_STORAGE=gs://bucket/prefix")
+        assert config.storage_url is not None  # noqa: S101
+        return VertexTrainingBackend(VertexBackend.from_env(os.environ), config.storage_url)
+    return LocalTrainingBackend(storage, config.data_dir / "work")
+
+
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
@@ -277,6 +295,8 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     dispatcher.storage = app[STORAGE]
+    training = build_training(config, app[STORAGE])
+    dispatcher.training = training
     await dispatcher.start()
     cron = CronActor(app[DB_POOL], dispatcher, app[CLOCK], config.node_id)
     dispatcher.cron = cron
@@ -284,5 +304,6 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     cron.start()
     yield
     await dispatcher.close()
+    await training.close()
     await http.close()
     await bus.close()

@@ -18,6 +18,7 @@ from handlers import (
     storage,
     stream,
     system,
+    training,
     webhooks,
     workflows,
 )
@@ -68,6 +69,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
         webhooks,
         datasets,
         models,
+        training,
         storage,
         api_keys,
         audit,
