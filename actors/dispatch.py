@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 from uuid import UUID
 
@@ -26,6 +26,8 @@ from actors.run import Poke, RunActor
 from actors.run_store import LeaseLost, Transition, persist
 from actors.runs import start_run
 from actors.steps.context import StepFailed
+from actors.training import TERMINAL as TRAINING_TERMINAL
+from actors.training import create_training_job
 from actors.training_job import JobBackend, JobPoke, TrainingJobActor
 from actors.training_local import LocalTrainingBackend
 from actors.training_vertex import VertexTrainingBackend
@@ -38,6 +40,7 @@ from runtime.sql import queries
 from runtime.storage.base import Storage
 
 log = logging.getLogger(__name__)
+StepOperation = Callable[["RunDispatcher", Mapping[str, Any], Mapping[str, Any]], Awaitable[Any]]
 SWEEP_INTERVAL_S = 2.0
 REAP_INTERVAL_S = 30.0
 MAX_IDLE_S = 300.0
@@ -53,6 +56,7 @@ class RunDispatcher:
         http: aiohttp.ClientSession,
         node_id: str,
         lease_ttl_s: float = 15.0,
+        compute: str = "local",
     ) -> None:
         self.pool = pool
         self.bus = bus
@@ -66,6 +70,10 @@ class RunDispatcher:
         self.cron: CronActor | None = None
         self.storage: Storage | None = None
         self.training: JobBackend | None = None
+        self.compute = compute
+        # ML step operations by name (deploy, predict, ...), registered by the modules that
+        # own them so this module does not depend on each of them.
+        self.operations: dict[str, StepOperation] = {}
 
     async def start(self) -> None:
         await self.shards.start()
@@ -201,6 +209,67 @@ class RunDispatcher:
 
     # -- services for run and job actors -----------------------------------------------------
 
+    async def start_training(
+        self, run: Mapping[str, Any], step_id: str, attempt: int, request: Mapping[str, Any]
+    ) -> UUID:
+        """The training job of one train step attempt, created once."""
+        key = f"{step_id}#{attempt}"
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await conn.fetchrow(queries["get_step_training_job"], run["id"], key)
+            if job is None:
+                try:
+                    job = await create_training_job(
+                        conn,
+                        None,
+                        request,
+                        owner=run["owner_id"],
+                        created_by=run["owner_id"],
+                        backend=self.compute,
+                        run=(run["id"], key),
+                    )
+                except ApiError as exc:
+                    raise StepFailed(
+                        f"cannot start training: {exc.message}",
+                        retryable=False,
+                        details=exc.details,
+                    ) from exc
+        await self.wake_job(job["id"])
+        return UUID(str(job["id"]))
+
+    async def check_training(self, run: Mapping[str, Any], step_id: str, attempt: int) -> None:
+        """A job that ended while its run was not listening still reports (after a crash)."""
+        job = await self.pool.fetchrow(
+            queries["get_step_training_job"], run["id"], f"{step_id}#{attempt}"
+        )
+        if job is not None and job["status"] in TRAINING_TERMINAL:
+            await self.training_finished(dict(job))
+
+    async def cancel_training(self, run_id: UUID, step_id: str, attempt: int) -> None:
+        """Cancelling a run cancels the training job its step was waiting for."""
+        job = await self.pool.fetchrow(
+            queries["get_step_training_job"], run_id, f"{step_id}#{attempt}"
+        )
+        if job is None or job["status"] in TRAINING_TERMINAL:
+            return
+        await self.pool.execute(queries["request_training_cancel"], job["id"], None)
+        await self.wake_job(job["id"])
+
+    async def step_operation(
+        self, run: Mapping[str, Any], operation: str, config: Mapping[str, Any]
+    ) -> Any:
+        """Registry operations of ML steps, on behalf of the run's owner."""
+        handler = self.operations.get(operation)
+        if handler is None:
+            raise StepFailed(f"step operation {operation!r} is not available", retryable=False)
+        try:
+            return await handler(self, run, config)
+        except ApiError as exc:
+            raise StepFailed(
+                f"{operation} failed: {exc.message}",
+                retryable=exc.status >= 500,
+                details=exc.details,
+            ) from exc
+
     async def training_finished(self, job: Mapping[str, Any]) -> None:
         """Tell the run whose step started a training job how it ended (a durable command)."""
         step_id, _, attempt = str(job["step_id"]).rpartition("#")
@@ -291,7 +360,12 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     await bus.start()
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
     dispatcher = RunDispatcher(
-        app[DB_POOL], bus, http, config.node_id, lease_ttl_s=config.lease_ttl_s
+        app[DB_POOL],
+        bus,
+        http,
+        config.node_id,
+        lease_ttl_s=config.lease_ttl_s,
+        compute=config.compute,
     )
     app[DISPATCHER] = dispatcher
     dispatcher.storage = app[STORAGE]

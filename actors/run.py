@@ -25,6 +25,7 @@ from actors.base import Actor, ActorStopped, MailboxFull
 from actors.graph import StepStatus, next_steps
 from actors.run_state import TERMINAL_RUN, RunState
 from actors.run_store import Event, LeaseLost, StepChange, Transition, persist
+from actors.step_platform import RunStepPlatform
 from actors.steps import EXECUTORS, PURE_STEPS, delay
 from actors.steps.context import StepContext, StepFailed, Wait
 from actors.templates import TemplateError, render
@@ -76,6 +77,18 @@ class RunServices(Protocol):
 
     async def child_finished(self, run: Mapping[str, Any]) -> None: ...
 
+    async def start_training(
+        self, run: Mapping[str, Any], step_id: str, attempt: int, request: Mapping[str, Any]
+    ) -> UUID: ...
+
+    async def step_operation(
+        self, run: Mapping[str, Any], operation: str, config: Mapping[str, Any]
+    ) -> Any: ...
+
+    async def check_training(self, run: Mapping[str, Any], step_id: str, attempt: int) -> None: ...
+
+    async def cancel_training(self, run_id: UUID, step_id: str, attempt: int) -> None: ...
+
 
 class RunActor(Actor):
     """The only writer of one run while this process holds the run's shard."""
@@ -124,6 +137,8 @@ class RunActor(Actor):
                 self._arm(sid, state.attempts[sid], state.wake_at.get(sid))
             if status == StepStatus.WAITING and state.graph.nodes[sid].type == "subworkflow":
                 await self._check_child(sid, state.attempts[sid])
+            if status == StepStatus.WAITING and state.graph.nodes[sid].type == "train":
+                await self.services.check_training(self.run, sid, state.attempts[sid])
         scratch = state.copy()
         t = Transition()
         if scratch.run_status == "pending":
@@ -249,7 +264,7 @@ class RunActor(Actor):
                 return
             assert self.lease is not None  # noqa: S101
             await persist(self.services.pool, self.run_id, self.lease, t)
-            self._adopt(t, scratch, launches)
+            await self._adopt(t, scratch, launches)
             if scratch.terminal:
                 await self._finish(t)
                 return
@@ -257,9 +272,15 @@ class RunActor(Actor):
                 return
             scratch, t = scratch.copy(), Transition()
 
-    def _adopt(self, t: Transition, scratch: RunState, launches: list[tuple[str, int]]) -> None:
+    async def _adopt(
+        self, t: Transition, scratch: RunState, launches: list[tuple[str, int]]
+    ) -> None:
         """After the commit: take the new state, start and stop tasks, arm timers, tell."""
         self.run_state = scratch
+        for change in t.steps:
+            # Work waited on elsewhere stops with its step: a cancelled train step's job.
+            if change.status == "cancelled" and scratch.graph.nodes[change.step_id].type == "train":
+                await self.services.cancel_training(self.run_id, change.step_id, change.attempt)
         for sid in [s for s in self.tasks if scratch.statuses.get(s) != StepStatus.RUNNING]:
             self.tasks.pop(sid).cancel()
         for sid, attempt in launches:
@@ -339,9 +360,7 @@ class RunActor(Actor):
     # -- steps and timers --------------------------------------------------------------------
 
     def _context(self, sid: str, attempt: int, state: RunState) -> StepContext:
-        async def start_child(workflow_id: UUID, run_input: Mapping[str, Any]) -> UUID:
-            return await self.services.start_child(self.run, sid, attempt, workflow_id, run_input)
-
+        platform = RunStepPlatform(self.services, self.run, sid, attempt)
         return StepContext(
             self.run_id,
             sid,
@@ -349,7 +368,7 @@ class RunActor(Actor):
             self.run["owner_id"],
             state.scope(),
             self.services.http,
-            start_child,
+            platform,
         )
 
     def _launch(self, sid: str, attempt: int) -> None:

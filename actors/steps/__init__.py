@@ -61,7 +61,9 @@ EXECUTORS: Mapping[str, Executor] = MappingProxyType(
         "condition": condition.execute,
         "transform": transform.execute,
         "subworkflow": subworkflow.execute,
+        "train": train.execute,
+        "evaluate": evaluate.execute,
     }
 )
 # Steps with no side effects: executed inline, their start and result recorded together.
-PURE_STEPS = frozenset({"condition", "transform"})
+PURE_STEPS = frozenset({"condition", "transform", "evaluate"})

@@ -5,13 +5,27 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import aiohttp
 
-# Starts (or finds, after a restart) the child run of a subworkflow step attempt.
-StartChild = Callable[[UUID, Mapping[str, Any]], Awaitable[UUID]]
+
+class StepPlatform(Protocol):
+    """What steps may ask of Stepwell beyond HTTP: each call is bound to one step attempt and
+    is idempotent for it, so a step re-run after a restart finds what it started."""
+
+    async def start_child(self, workflow_id: UUID, run_input: Mapping[str, Any]) -> UUID:
+        """Start (or find) the child run of a subworkflow step."""
+        ...
+
+    async def start_training(self, request: Mapping[str, Any]) -> UUID:
+        """Start (or find) the training job of a train step."""
+        ...
+
+    async def call(self, operation: str, config: Mapping[str, Any]) -> Any:
+        """Run a registry operation (deploy, predict, batch_predict, dataset_profile)."""
+        ...
 
 
 class StepFailed(Exception):
@@ -47,7 +61,7 @@ class StepContext:
     owner_id: str
     scope: Mapping[str, Any]
     http: aiohttp.ClientSession
-    start_child: StartChild
+    platform: StepPlatform
 
     @property
     def idempotency_key(self) -> str:

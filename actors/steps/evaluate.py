@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Mapping
+from typing import Any
+
 from actors.steps.base import StepType, config_object, output_object
+from actors.steps.context import StepContext, StepFailed
 
 STEP = StepType(
     type="evaluate",
@@ -56,3 +61,37 @@ STEP = StepType(
         "metrics": "{{ steps.train.output.metrics }}",
     },
 )
+
+
+_COMPARE = {
+    "gte": (operator.ge, ">="),
+    "gt": (operator.gt, ">"),
+    "lte": (operator.le, "<="),
+    "lt": (operator.lt, "<"),
+}
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Pass when the metric clears the threshold; otherwise fail the step (a gate)."""
+    metrics = config["metrics"]
+    name = config["metric"]
+    if not isinstance(metrics, Mapping) or name not in metrics:
+        known = sorted(metrics) if isinstance(metrics, Mapping) else []
+        raise StepFailed(f"metric {name!r} is not among the metrics {known}", retryable=False)
+    value = metrics[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise StepFailed(f"metric {name!r} is {value!r}, not a number", retryable=False)
+    check, symbol = _COMPARE[config.get("comparison", "gte")]
+    result = {
+        "passed": bool(check(value, config["threshold"])),
+        "metric": name,
+        "value": value,
+        "threshold": config["threshold"],
+    }
+    if not result["passed"]:
+        raise StepFailed(
+            f"gate not met: {name} = {value} is not {symbol} {config['threshold']}",
+            retryable=False,
+            details=result,
+        )
+    return result

@@ -54,7 +54,7 @@ async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
         workflow_id = UUID(str(config["workflow_id"]))
     except ValueError as exc:
         raise StepFailed("workflow_id must be a workflow's id", retryable=False) from exc
-    child_id = await ctx.start_child(workflow_id, config.get("input") or {})
+    child_id = await ctx.platform.start_child(workflow_id, config.get("input") or {})
     if config.get("wait", True):
         return Wait(data={"child_run_id": str(child_id)})
     return {"run_id": str(child_id), "status": "pending", "output": None}

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from actors.steps.base import StepType, config_object, id_string, output_object
+from actors.steps.context import StepContext, Wait
 
 _ONE_WEEK_S = 7 * 24 * 3600
 
@@ -93,3 +97,29 @@ STEP = StepType(
         "max_runtime_seconds": 3600,
     },
 )
+
+
+_JOB_CONFIG = (
+    "target_column",
+    "task",
+    "algorithm",
+    "hyperparameters",
+    "machine_type",
+    "accelerator_type",
+    "accelerator_count",
+    "max_runtime_seconds",
+)
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Start the training job and wait for it without holding a worker: the job reports back
+    to the run when it ends (and cancelling the run cancels the job)."""
+    request = {
+        "model_id": config["model_id"],
+        "dataset_id": config["dataset_id"],
+        "dataset_version": config.get("dataset_version"),
+        "experiment_id": config.get("experiment_id"),
+        "config": {k: config[k] for k in _JOB_CONFIG if config.get(k) is not None},
+    }
+    job_id = await ctx.platform.start_training(request)
+    return Wait(data={"training_job_id": str(job_id)})

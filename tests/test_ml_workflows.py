@@ -1,0 +1,95 @@
+"""ML steps inside workflows: train (waiting without a worker), evaluate gates, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.conftest import Client, Publish, auth, start_run, wait_run
+from tests.test_training import churn_csv, make_dataset, make_model, wait_job
+
+
+def chain(model: str, dataset: str, threshold: float, **train: Any) -> tuple[list[Any], list[Any]]:
+    nodes = [
+        {
+            "id": "train",
+            "type": "train",
+            "data": {"model_id": model, "dataset_id": dataset, "target_column": "churned", **train},
+        },
+        {
+            "id": "gate",
+            "type": "evaluate",
+            "data": {
+                "metric": "accuracy",
+                "threshold": threshold,
+                "metrics": "{{ steps.train.output.metrics }}",
+            },
+        },
+        {
+            "id": "report",
+            "type": "transform",
+            "data": {
+                "output": {
+                    "version": "{{ steps.train.output.model_version_id }}",
+                    "accuracy": "{{ steps.gate.output.value }}",
+                }
+            },
+        },
+    ]
+    edges = [{"source": "train", "target": "gate"}, {"source": "gate", "target": "report"}]
+    return nodes, edges
+
+
+async def test_train_then_gate_then_report(
+    client: Client, publish: Publish, database_url: str
+) -> None:
+    dataset = await make_dataset(client, database_url, churn_csv())
+    model = await make_model(client)
+    wf = await publish(*chain(model, dataset, 0.6), workflow_type="training")
+    run = await start_run(client, wf["id"])
+    done = await wait_run(client, run["id"], within_s=90)
+    assert done["status"] == "succeeded", done
+    train_out = done["context"]["steps"]["train"]["output"]
+    assert train_out["status"] == "succeeded" and train_out["metrics"]["accuracy"] > 0.6
+    assert done["output"]["report"]["version"] == train_out["model_version_id"]
+    resp = await client.get(f"/api/v1/training-jobs/{train_out['training_job_id']}", headers=auth())
+    job = (await resp.json())["data"]
+    assert job["run_id"] == run["id"] and job["model_version_id"] == train_out["model_version_id"]
+
+
+async def test_a_gate_that_is_not_met_fails_the_run(
+    client: Client, publish: Publish, database_url: str
+) -> None:
+    dataset = await make_dataset(client, database_url, churn_csv())
+    model = await make_model(client)
+    wf = await publish(*chain(model, dataset, 0.999))
+    done = await wait_run(client, (await start_run(client, wf["id"]))["id"], within_s=90)
+    assert done["status"] == "failed"
+    assert done["error"]["step_id"] == "gate" and "gate not met" in done["error"]["message"]
+    assert "report" not in done["step_statuses"]
+
+
+async def test_cancelling_the_run_cancels_its_training_job(
+    client: Client, publish: Publish, database_url: str
+) -> None:
+    dataset = await make_dataset(client, database_url, churn_csv(3000))
+    model = await make_model(client)
+    nodes, edges = chain(
+        model, dataset, 0.5, algorithm="random_forest", hyperparameters={"n_estimators": 5000}
+    )
+    wf = await publish(nodes, edges)
+    run = await start_run(client, wf["id"])
+    await wait_run(client, run["id"], ("running",))
+    job_id = None
+    for _ in range(200):
+        resp = await client.get("/api/v1/training-jobs", headers=auth())
+        jobs = (await resp.json())["data"]
+        if jobs and jobs[0]["status"] == "running":
+            job_id = jobs[0]["id"]
+            break
+        await asyncio.sleep(0.1)
+    assert job_id is not None
+    resp = await client.post(f"/api/v1/runs/{run['id']}/cancel", headers=auth())
+    assert resp.status == 202
+    assert (await wait_run(client, run["id"]))["status"] == "cancelled"
+    assert (await wait_job(client, job_id))["status"] == "cancelled"
