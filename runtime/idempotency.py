@@ -52,6 +52,10 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     principal = request.get(PRINCIPAL)
     if key is None or request.method != "POST" or principal is None:
         return await handler(request)
+    if request.content_type.startswith("multipart/"):
+        # A streamed upload cannot be read twice to fingerprint it; each one creates its own
+        # upload, and nothing else happens until a version is made from it (which is keyed).
+        return await handler(request)
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise ValidationFailed(f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters")
     fingerprint = request_fingerprint(request.method, request.path_qs, await request.read())
