@@ -21,6 +21,7 @@ from aiohttp import web
 
 from actors.base import MailboxFull
 from actors.cron import CronActor
+from actors.ml_operations import OPERATIONS
 from actors.registry import ActorRegistry
 from actors.run import Poke, RunActor
 from actors.run_store import LeaseLost, Transition, persist
@@ -369,6 +370,7 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     dispatcher.storage = app[STORAGE]
+    dispatcher.operations.update(OPERATIONS)
     training = build_training(config, app[STORAGE])
     dispatcher.training = training
     await dispatcher.start()

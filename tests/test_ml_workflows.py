@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from tests.conftest import Client, Publish, auth, start_run, wait_run
+from tests.test_datasets import form
 from tests.test_training import churn_csv, make_dataset, make_model, wait_job
 
 
@@ -93,3 +94,33 @@ async def test_cancelling_the_run_cancels_its_training_job(
     assert resp.status == 202
     assert (await wait_run(client, run["id"]))["status"] == "cancelled"
     assert (await wait_job(client, job_id))["status"] == "cancelled"
+
+
+async def uploaded_dataset(client: Client, data: bytes) -> str:
+    """A dataset made the way users make one: create, multipart upload, version."""
+    resp = await client.post("/api/v1/datasets", json={"name": "churn"}, headers=auth())
+    dataset_id: str = (await resp.json())["data"]["id"]
+    resp = await client.post(
+        f"/api/v1/datasets/{dataset_id}/upload", data=form({"train.csv": data}), headers=auth()
+    )
+    assert resp.status == 201, await resp.text()
+    upload_id = (await resp.json())["data"]["upload_id"]
+    resp = await client.post(
+        f"/api/v1/datasets/{dataset_id}/versions", json={"upload_id": upload_id}, headers=auth()
+    )
+    assert resp.status == 201, await resp.text()
+    return dataset_id
+
+
+async def test_profile_then_train(client: Client, publish: Publish) -> None:
+    dataset = await uploaded_dataset(client, churn_csv())
+    model = await make_model(client)
+    nodes, edges = chain(model, dataset, 0.6)
+    nodes.insert(0, {"id": "profile", "type": "dataset_profile", "data": {"dataset_id": dataset}})
+    edges.insert(0, {"source": "profile", "target": "train"})
+    wf = await publish(nodes, edges)
+    done = await wait_run(client, (await start_run(client, wf["id"]))["id"], within_s=90)
+    assert done["status"] == "succeeded", done
+    profile = done["context"]["steps"]["profile"]["output"]
+    assert profile["row_count"] == 400 and profile["version"] == 1
+    assert {c["name"] for c in profile["columns"]} == {"x1", "x2", "plan", "churned"}

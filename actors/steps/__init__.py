@@ -63,6 +63,10 @@ EXECUTORS: Mapping[str, Executor] = MappingProxyType(
         "subworkflow": subworkflow.execute,
         "train": train.execute,
         "evaluate": evaluate.execute,
+        "dataset_profile": dataset_profile.execute,
+        "deploy": deploy.execute,
+        "predict": predict.execute,
+        "batch_predict": batch_predict.execute,
     }
 )
 # Steps with no side effects: executed inline, their start and result recorded together.

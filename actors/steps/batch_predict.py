@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from actors.steps.base import URI_PATTERN, StepType, config_object, id_string, output_object
+from actors.steps.context import StepContext
 
 
 def _uri(description: str) -> dict[str, object]:
@@ -49,3 +53,8 @@ STEP = StepType(
         "output_path": "gs://acme-ml/churn/predictions/{{ input.date }}/",
     },
 )
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Runs through the platform on behalf of the run's owner."""
+    return await ctx.platform.call(STEP.type, config)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from actors.steps.base import StepType, config_object, id_string, output_object
+from actors.steps.context import StepContext
 
 STEP = StepType(
     type="dataset_profile",
@@ -51,3 +55,8 @@ STEP = StepType(
     ),
     example={"dataset_id": "{{ input.dataset_id }}", "version": 3},
 )
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Runs through the platform on behalf of the run's owner."""
+    return await ctx.platform.call(STEP.type, config)

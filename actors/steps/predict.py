@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from actors.steps.base import StepType, config_object, id_string, output_object
+from actors.steps.context import StepContext
 
 STEP = StepType(
     type="predict",
@@ -46,3 +50,8 @@ STEP = StepType(
         "return_confidence": True,
     },
 )
+
+
+async def execute(ctx: StepContext, config: Mapping[str, Any]) -> Any:
+    """Runs through the platform on behalf of the run's owner."""
+    return await ctx.platform.call(STEP.type, config)
