@@ -53,6 +53,7 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     dev: bool = False
     lease_ttl_s: float = 15.0
+    db_pool_max: int = 20
     compute: str = "local"  # "local" (scikit-learn subprocesses) or "vertex"
     google_cloud_project: str | None = None
     vertex_location: str = "us-central1"
@@ -84,6 +85,7 @@ class Config:
             cors_origins=origins,
             dev=env.get("STEPWELL_DEV", "") in ("1", "true", "yes"),
             lease_ttl_s=_positive(env, "STEPWELL_LEASE_TTL_S", 15.0),
+            db_pool_max=int(_positive(env, "STEPWELL_DB_POOL_MAX", 20)),
             compute=_choice(env, "STEPWELL_COMPUTE", ("local", "vertex")),
             google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
             vertex_location=env.get("STEPWELL_VERTEX_LOCATION") or "us-central1",

@@ -82,8 +82,11 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asy
     """An asyncpg pool that speaks JSON for json/jsonb columns."""
     # Stepwell keeps no session state on pooled connections (no LISTEN, SET or advisory
     # session locks), so the default reset round trip on every release is pure cost.
+    # Every statement is a named query executed many times with parameters; a generic plan
+    # spares PostgreSQL re-planning the larger ones (the run-change statement) on each call.
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset
+        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
+        server_settings={"plan_cache_mode": "force_generic_plan"},
     )
 
 
@@ -92,7 +95,7 @@ async def db_pool_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[CONFIG].database_url
     if url is None:
         raise RuntimeError("database_url must be resolved before the app starts (see cli.serve)")
-    pool = await create_pool(url)
+    pool = await create_pool(url, max_size=app[CONFIG].db_pool_max)
     app[DB_POOL] = pool
     yield
     await pool.close()
