@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +17,7 @@ from aiohttp_apigami import (
 from jsonschema import Draft202012Validator
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from actors.runs import record_command, start_run
+from actors.runs import TERMINAL, record_command, start_run
 from actors.steps import approval
 from handlers.common import (
     audit_ctx,
@@ -44,6 +45,13 @@ class RunStartSchema(Schema):
     timeout_s = fields.Float(
         validate=validate.Range(min=0.001, max=31_536_000),
         metadata={"description": "Fail the run if it has not finished after this many seconds"},
+    )
+
+
+class StartQuerySchema(Schema):
+    wait_s = fields.Float(
+        validate=validate.Range(min=0, max=60),
+        metadata={"description": "Wait up to this many seconds for the run to end"},
     )
 
 
@@ -120,14 +128,21 @@ async def _owned_run(request: web.Request) -> Any:
     tags=TAGS,
     summary="Start a run of a published workflow",
     description="Input is checked against the workflow's input_schema. With "
-    "`X-Idempotency-Key`, a repeated request returns the first run.",
-    responses=error_responses(401, 404, 409, 422),
+    "`X-Idempotency-Key`, a repeated request returns the first run. With `?wait_s=N` the "
+    "answer waits up to N seconds for the run to end: 200 with the ended run, or 202 with "
+    "the run still going.",
+    responses={
+        200: {"description": "The run ended within wait_s"},
+        **error_responses(401, 404, 409, 422),
+    },
 )
 @match_info_schema(RunPathSchema, put_into="path")
+@querystring_schema(StartQuerySchema, put_into="query")
 @request_schema(RunStartSchema, example={"input": {"day": "2026-11-22"}})
 @response_schema(RunResponse, 202)
 async def start(request: web.Request) -> web.Response:
     body = validated(request)
+    wait_s = validated(request, "query").get("wait_s")
     principal = principal_of(request)
     async with request.app[DB_POOL].acquire() as conn, conn.transaction():
         run = await start_run(
@@ -140,8 +155,29 @@ async def start(request: web.Request) -> web.Response:
             timeout_s=body.get("timeout_s"),
             audit=audit_ctx(request),
         )
+    if wait_s:
+        return await _started_and_waited(request, run["id"], wait_s)
     await request.app[DISPATCHER].wake(run["id"])
     return ok(record_json(run), status=202)
+
+
+async def _started_and_waited(request: web.Request, run_id: UUID, wait_s: float) -> web.Response:
+    """Wake the run, then answer when it ends (200) or when `wait_s` is up (202)."""
+    dispatcher, pool = request.app[DISPATCHER], request.app[DB_POOL]
+    deadline = asyncio.get_running_loop().time() + wait_s
+    with dispatcher.bus.subscribe(run_id) as sub:  # before the wake: no ending can be missed
+        await dispatcher.wake(run_id)
+        while True:
+            run = await pool.fetchrow(queries["get_run"], run_id, None)
+            assert run is not None  # noqa: S101 - created above; runs are never deleted
+            left = deadline - asyncio.get_running_loop().time()
+            if run["status"] in TERMINAL or left <= 0:
+                break
+            await sub.wait(min(left, 1.0))
+    if run["status"] not in TERMINAL:
+        return ok(record_json(run), status=202)
+    steps = await pool.fetch(queries["list_run_steps"], run_id)
+    return ok(run_detail(run, steps))
 
 
 @docs(tags=TAGS, summary="List runs", responses=error_responses(401, 422))

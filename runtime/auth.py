@@ -27,6 +27,7 @@ OPTIONAL_AUTH_PREFIXES = ("/api/v1/triggers/webhook/",)
 _JWKS_ALGORITHMS = {"RS256": "RSA", "ES256": "EC"}
 _JWKS_TTL_S = 300.0
 _JWKS_MIN_REFRESH_S = 30.0
+_VERIFIED_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +92,25 @@ class TokenVerifier:
         self.issuer = issuer
         self.jwks_url = jwks_url
         self._jwks: dict[str, jwt.PyJWK] = {}
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._jwks_fetched_at = -1e9
 
     async def verify(self, token: str) -> Principal:
-        """The principal a token names, or Unauthorized saying why not."""
+        """The principal a token names, or Unauthorized saying why not.
+
+        A verified token is remembered until it expires (bounded): a client making many calls
+        with one token pays for the signature check once.
+        """
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        principal, expires = await self._verify(token)
+        if len(self._verified) >= _VERIFIED_CACHE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = (principal, expires)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
@@ -124,7 +140,7 @@ class TokenVerifier:
         if not isinstance(sub, str) or not 0 < len(sub) <= 200:
             raise Unauthorized("token subject must be a non-empty string")
         role = "admin" if claims.get("role") == "admin" else "user"
-        return Principal(user_id=sub, role=role, via="jwt")
+        return Principal(user_id=sub, role=role, via="jwt"), float(claims["exp"])
 
     async def _jwks_key(self, kid: object, alg: str) -> Any:
         if not isinstance(kid, str):

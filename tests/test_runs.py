@@ -248,3 +248,20 @@ async def test_events_are_gap_free_and_ordered(client: Client, publish: Publish)
     assert page["pagination"]["next_after_seq"] == 5
     started = [datetime.fromisoformat(e["at"]) for e in events if e["event"] == "step.succeeded"]
     assert started == sorted(started)
+
+
+async def test_start_and_wait_for_the_end(client: Client, publish: Publish) -> None:
+    wf = await publish([{"id": "t", "type": "transform", "data": {"output": {"ok": True}}}])
+    resp = await client.post(f"/api/v1/workflows/{wf['id']}/run?wait_s=10", json={}, headers=auth())
+    assert resp.status == 200
+    run = (await resp.json())["data"]
+    assert run["status"] == "succeeded" and run["output"] == {"t": {"ok": True}}
+    slow = await publish([{"id": "nap", "type": "delay", "data": {"seconds": 5}}])
+    resp = await client.post(
+        f"/api/v1/workflows/{slow['id']}/run?wait_s=0.2", json={}, headers=auth()
+    )
+    assert resp.status == 202 and (await resp.json())["data"]["status"] in ("pending", "running")
+    resp = await client.post(
+        f"/api/v1/workflows/{slow['id']}/run?wait_s=99", json={}, headers=auth()
+    )
+    assert resp.status == 422
