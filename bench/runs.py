@@ -40,7 +40,11 @@ if TYPE_CHECKING:
     from bench.dbos_peer import PeerFigures
 
 T = TypeVar("T")
-WATCH_TEXT = {"poll": "polling GET /runs/{id}", "ws": "a WebSocket per run"}
+WATCH_TEXT = {
+    "wait": "POST /run?wait_s= answering when the run ends",
+    "poll": "polling GET /runs/{id}",
+    "ws": "a WebSocket per run",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--watch",
         choices=WATCH_MODES,
-        default="poll",
+        default="wait",
         help="how throughput runs are seen to end: polling GET /runs/{id} (default: the "
         "lighter load on the server) or a WebSocket per run; single runs always use WebSockets",
     )

@@ -33,7 +33,7 @@ DATABASE = "stepwell_bench"
 JWT_SECRET = "stepwell-bench-secret-not-for-production-use-0123456789abcdefghij"  # noqa: S105
 USER = "bench"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-WATCH_MODES = ("ws", "poll")
+WATCH_MODES = ("wait", "ws", "poll")
 # Polling interval of the `poll` watch mode: short, so a finished run is noticed promptly.
 POLL_S = 0.005
 
@@ -173,8 +173,19 @@ class StepwellClient:
                 return str(run["status"])
             await asyncio.sleep(POLL_S)
 
-    async def run_once(self, workflow_id: str, watch: str = "ws") -> str:
+    async def start_and_wait(self, workflow_id: str) -> tuple[str, str]:
+        """One request: start the run and have the server answer when it has ended."""
+        path = f"/api/v1/workflows/{workflow_id}/run?wait_s=30"
+        run = await self.call("POST", path, 200, {"input": {}})
+        return str(run["id"]), str(run["status"])
+
+    async def run_once(self, workflow_id: str, watch: str = "wait") -> str:
         """Start a run and wait for its end; return its id (BenchError unless it succeeded)."""
+        if watch == "wait":
+            run_id, status = await self.start_and_wait(workflow_id)
+            if status != "succeeded":
+                raise BenchError(f"run {run_id} ended {status}, not succeeded")
+            return run_id
         run_id = await self.start_run(workflow_id)
         waiter = self.watch_ws if watch == "ws" else self.watch_poll
         status = await waiter(run_id)
@@ -250,7 +261,7 @@ async def run_stepwell(
     single_runs: int = 50,
     concurrency: int = 64,
     duration_s: float = 10.0,
-    watch: str = "poll",
+    watch: str = "wait",
     step_type: str = "transform",
 ) -> StepwellFigures:
     """Measure Stepwell's single-run latency and throughput on a fresh database."""
