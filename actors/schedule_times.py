@@ -65,11 +65,13 @@ def fire_times(expression: str, tz_name: str, after: datetime) -> Iterator[datet
     """UTC fire times strictly after `after` (aware), in order, without duplicates."""
     tz = zone(tz_name)
     seconds = len(expression.split()) == 6
-    local_start = after.astimezone(tz).replace(tzinfo=None)
-    # Step back an hour so a time shifted forward out of a skipped hour is not lost.
-    it = croniter(
-        expression, local_start.replace(microsecond=0) - _HOUR, second_at_beginning=seconds
-    )
+    local_start = after.astimezone(tz).replace(tzinfo=None, microsecond=0)
+    # Right after a spring-forward change, a skipped local time just before `after`'s local
+    # time still fires after the change: start an hour back then, and only then (a per-second
+    # schedule would otherwise walk 3,600 steps on every call).
+    if (after - _HOUR).astimezone(tz).utcoffset() != after.astimezone(tz).utcoffset():
+        local_start -= _HOUR
+    it = croniter(expression, local_start, second_at_beginning=seconds)
     last = after
     for _ in range(MAX_ITERATIONS):
         instant = to_utc(it.get_next(datetime), tz)

@@ -65,6 +65,7 @@ class EventBus:
         self._outbox_ready = asyncio.Event()
         self._conn: asyncpg.Connection[Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
 
     async def start(self) -> None:
         await self._connect()
@@ -140,7 +141,7 @@ class EventBus:
 
     async def _notify(self, channel: str, payload: str) -> None:
         conn = self._conn
-        if conn is None or conn.is_closed():
+        if conn is None or conn.is_closed() or self._closing:
             return  # watchers poll; nothing is lost
         try:
             await conn.execute(queries["notify"], channel, payload)
@@ -172,6 +173,7 @@ class EventBus:
             task.add_done_callback(self._tasks.remove)
 
     async def close(self) -> None:
+        self._closing = True
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

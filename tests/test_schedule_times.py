@@ -99,3 +99,9 @@ def test_unknown_zone_is_explained() -> None:
         zone("Mars/Olympus_Mons")
     with pytest.raises(ScheduleError):
         zone("../etc/passwd")
+
+
+def test_a_shifted_fire_just_after_the_change_is_not_lost() -> None:
+    tz = "America/New_York"
+    after = datetime(2026, 3, 8, 7, 10, tzinfo=UTC)  # 03:10 EDT, ten minutes after the change
+    assert local(next_fires("30 2 * * *", tz, after, 1), tz) == ["2026-03-08T03:30:00-04:00"]
