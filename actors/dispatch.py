@@ -20,8 +20,10 @@ import asyncpg
 from aiohttp import web
 
 from actors.base import MailboxFull
+from actors.batch_predictions import BatchJobs
 from actors.cron import CronActor
 from actors.ml_operations import OPERATIONS
+from actors.model_cache import ModelCache
 from actors.registry import ActorRegistry
 from actors.run import Poke, RunActor
 from actors.run_store import LeaseLost, Transition, persist
@@ -71,6 +73,8 @@ class RunDispatcher:
         self.cron: CronActor | None = None
         self.storage: Storage | None = None
         self.training: JobBackend | None = None
+        self.model_cache: ModelCache | None = None
+        self.batch_jobs: BatchJobs | None = None
         self.compute = compute
         # ML step operations by name (deploy, predict, ...), registered by the modules that
         # own them so this module does not depend on each of them.
@@ -370,6 +374,10 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     dispatcher.storage = app[STORAGE]
+    dispatcher.model_cache = ModelCache(app[STORAGE], work_dir=config.data_dir / "work")
+    dispatcher.batch_jobs = BatchJobs(
+        app[DB_POOL], app[STORAGE], dispatcher.model_cache, config.data_dir / "work"
+    )
     dispatcher.operations.update(OPERATIONS)
     training = build_training(config, app[STORAGE])
     dispatcher.training = training

@@ -8,10 +8,14 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
+from actors import deployments, predictions
+from runtime.audit import AuditContext
+from runtime.auth import Principal
 from runtime.errors import NotFound, ValidationFailed
 from runtime.sql import queries
 
 PROFILE_POLL_S = 0.5
+BATCH_POLL_S = 0.5
 
 
 def as_uuid(value: Any, field: str) -> UUID:
@@ -56,4 +60,68 @@ async def dataset_profile(d: Any, run: Mapping[str, Any], config: Mapping[str, A
     }
 
 
-OPERATIONS = {"dataset_profile": dataset_profile}
+def _as_owner(run: Mapping[str, Any]) -> AuditContext:
+    """Steps act for the run's owner (and are audited as such)."""
+    return AuditContext(Principal(user_id=run["owner_id"]), f"run:{run['id']}")
+
+
+async def deploy(d: Any, run: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+    """Deploy a version (by number or alias) of a model; it answers predictions at once."""
+    ref = config.get("alias") or config.get("version")
+    if ref is None:
+        raise ValidationFailed("deploy needs a version or an alias")
+    body = {"target": config.get("target", "local")}
+    row = await deployments.deploy(
+        d.pool,
+        d.model_cache,
+        _as_owner(run),
+        as_uuid(config["model_id"], "model_id"),
+        str(ref),
+        body,
+        d.compute,
+    )
+    return {
+        "deployment_id": str(row["id"]),
+        "model_version_id": str(row["model_version_id"]),
+        "endpoint": row["endpoint"],
+    }
+
+
+async def predict(d: Any, run: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+    body = {**config, "model_version_id": as_uuid(config["model_version_id"], "model_version_id")}
+    row = await predictions.predict(d.pool, d.model_cache, _as_owner(run).principal, body)
+    return {
+        "prediction_id": str(row["id"]),
+        "predictions": row["predictions"],
+        "probabilities": row["probabilities"],
+    }
+
+
+async def batch_predict(d: Any, run: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+    """Run a batch prediction job and wait for it (the step's timeout bounds the wait)."""
+    body = {
+        "model_version_id": as_uuid(config["model_version_id"], "model_version_id"),
+        "input_gcs_path": config["input_path"],
+        "output_gcs_path": config["output_path"],
+        "return_confidence": config.get("return_confidence", False),
+    }
+    job = await d.batch_jobs.submit(_as_owner(run), body)
+    while job["status"] in ("queued", "running"):
+        await asyncio.sleep(BATCH_POLL_S)
+        job = await d.pool.fetchrow(queries["get_batch_prediction_job"], job["id"], None)
+    if job["status"] != "succeeded":
+        raise ValidationFailed(f"the batch prediction failed: {job['error']}")
+    return {
+        "job_id": str(job["id"]),
+        "rows": job["rows_total"],
+        "failed_rows": job["rows_failed"],
+        "output_path": job["output_uri"],
+    }
+
+
+OPERATIONS = {
+    "dataset_profile": dataset_profile,
+    "deploy": deploy,
+    "predict": predict,
+    "batch_predict": batch_predict,
+}

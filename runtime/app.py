@@ -7,13 +7,16 @@ import warnings
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, OpenApiVersion, validation_middleware
 
+from actors.batch_predictions import batch_jobs_ctx
 from actors.dispatch import runs_ctx
 from actors.profiling import profiling_ctx
 from handlers import (
     api_keys,
     audit,
     datasets,
+    deployments,
     models,
+    predictions,
     runs,
     schedules,
     storage,
@@ -70,6 +73,8 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
         webhooks,
         datasets,
         models,
+        deployments,
+        predictions,
         training,
         storage,
         api_keys,
@@ -81,6 +86,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(idempotency_cleanup_ctx)
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(runs_ctx)
+    app.cleanup_ctx.append(batch_jobs_ctx)
     app.cleanup_ctx.append(profiling_ctx)
     setup_docs(app)
     return app

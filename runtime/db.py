@@ -85,7 +85,11 @@ async def create_pool(url: str, *, min_size: int = 2, max_size: int = 20) -> asy
     # Every statement is a named query executed many times with parameters; a generic plan
     # spares PostgreSQL re-planning the larger ones (the run-change statement) on each call.
     return await asyncpg.create_pool(
-        url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_no_reset,
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        reset=_no_reset,
         server_settings={"plan_cache_mode": "force_generic_plan"},
     )
 

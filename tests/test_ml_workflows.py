@@ -124,3 +124,63 @@ async def test_profile_then_train(client: Client, publish: Publish) -> None:
     profile = done["context"]["steps"]["profile"]["output"]
     assert profile["row_count"] == 400 and profile["version"] == 1
     assert {c["name"] for c in profile["columns"]} == {"x1", "x2", "plan", "churned"}
+
+
+async def test_the_whole_chain(client: Client, publish: Publish) -> None:
+    """profile -> train -> evaluate gate -> deploy -> predict -> batch predict, in one run."""
+    dataset = await uploaded_dataset(client, churn_csv())
+    resp = await client.get(f"/api/v1/datasets/{dataset}/versions/1", headers=auth())
+    train_file = (await resp.json())["data"]["files"][0]["uri"]
+    model = await make_model(client)
+    nodes, edges = chain(model, dataset, 0.6)
+    version = "{{ steps.train.output.model_version_id }}"
+    nodes[2:] = [
+        {"id": "profile", "type": "dataset_profile", "data": {"dataset_id": dataset}},
+        {
+            "id": "deploy",
+            "type": "deploy",
+            "data": {"model_id": model, "version": 1},
+        },
+        {
+            "id": "predict",
+            "type": "predict",
+            "data": {
+                "model_version_id": version,
+                "return_confidence": True,
+                "input_data": [
+                    {"x1": 1.5, "x2": 1.0, "plan": "pro"},
+                    {"x1": -2.0, "x2": -1.0, "plan": "basic"},
+                ],
+            },
+        },
+        {
+            "id": "score",
+            "type": "batch_predict",
+            "data": {
+                "model_version_id": version,
+                "input_path": "{{ input.file }}",
+                "output_path": "{{ input.out }}",
+            },
+        },
+    ]
+    edges = [
+        {"source": "profile", "target": "train"},
+        edges[0],
+        {"source": "gate", "target": "deploy"},
+        {"source": "deploy", "target": "predict"},
+        {"source": "deploy", "target": "score"},
+    ]
+    wf = await publish(nodes, edges, workflow_type="training")
+    out = train_file.split("/datasets/")[0] + "/scoring/churn-scores.csv"
+    run = await start_run(client, wf["id"], {"file": train_file, "out": out})
+    done = await wait_run(client, run["id"], within_s=120)
+    assert done["status"] == "succeeded", done
+    steps = done["context"]["steps"]
+    assert steps["deploy"]["output"]["endpoint"] == "/api/v1/predictions"
+    predicted = steps["predict"]["output"]
+    assert predicted["predictions"] == [1, 0]
+    assert all(abs(sum(p.values()) - 1) < 1e-6 for p in predicted["probabilities"])
+    score = steps["score"]["output"]
+    assert score["rows"] == 400 and score["failed_rows"] == 0
+    resp = await client.get(f"/api/v1/models/{model}/deployments", headers=auth())
+    assert len((await resp.json())["data"]) == 1

@@ -1,0 +1,143 @@
+"""Deployments: serve a model version (by number or alias) and list a model's deployments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp_apigami import (
+    docs,
+    match_info_schema,
+    querystring_schema,
+    request_schema,
+    response_schema,
+)
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from actors import models as mdl
+from actors.deployments import LOCAL_ENDPOINT, TARGETS, DeploymentStatus, deploy
+from actors.model_cache import model_cache_of
+from handlers.common import (
+    audit_ctx,
+    envelope,
+    error_responses,
+    list_envelope,
+    ok,
+    principal_of,
+    record_json,
+    validated,
+)
+from handlers.models import ModelPathSchema, ModelVersionPathSchema
+from runtime.keys import CONFIG, DB_POOL
+from runtime.pagination import PageQuerySchema, fetch_page
+from runtime.sql import queries
+
+TAGS = ["deployments"]
+EXAMPLE_ID = "6f1c3c8e-8a7b-4c1e-9d2a-0a4c4f3b2e11"
+MAX_REPLICAS = 100
+
+
+class DeployRequestSchema(Schema):
+    target = fields.String(
+        load_default="local",
+        validate=validate.OneOf(TARGETS),
+        metadata={
+            "description": "'local' serves the model in this installation; 'vertex' is not "
+            "available yet (422)",
+            "example": "local",
+        },
+    )
+    machine_type = fields.String(
+        validate=validate.Length(min=1, max=100), metadata={"example": "n1-standard-4"}
+    )
+    min_replicas = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_REPLICAS), metadata={"example": 1}
+    )
+    max_replicas = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_REPLICAS), metadata={"example": 3}
+    )
+
+    @validates_schema
+    def replicas_in_order(self, data: dict[str, Any], **_: Any) -> None:
+        low, high = data.get("min_replicas", 1), data.get("max_replicas")
+        if high is not None and high < low:
+            raise ValidationError("must not be below min_replicas", "max_replicas")
+
+
+class DeploymentSchema(Schema):
+    id = fields.UUID()
+    model_id = fields.UUID(metadata={"example": EXAMPLE_ID})
+    model_version_id = fields.UUID()
+    version = fields.Integer(metadata={"example": 3})
+    alias = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The alias deployed, when deployed by alias",
+            "example": "champion",
+        },
+    )
+    target = fields.String(validate=validate.OneOf(TARGETS), metadata={"example": "local"})
+    status = fields.String(
+        validate=validate.OneOf([s.value for s in DeploymentStatus]),
+        metadata={"example": "deployed"},
+    )
+    endpoint = fields.String(allow_none=True, metadata={"example": LOCAL_ENDPOINT})
+    config = fields.Dict(metadata={"example": {"machine_type": "n1-standard-4"}})
+    error = fields.String(allow_none=True)
+    owner_id = fields.String(metadata={"example": "user-42"})
+    created_by = fields.String(metadata={"example": "user-42"})
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+@docs(
+    tags=TAGS,
+    summary="Deploy a model version (by number or alias, e.g. /versions/champion/deploy)",
+    description="'local' loads the model into this installation's model cache and answers with "
+    f"the deployment `deployed`; predictions are made with `POST {LOCAL_ENDPOINT}`. An alias "
+    "is resolved now: the deployment keeps the version it pointed at. 'vertex' answers 422 "
+    "(Vertex AI endpoints are not available yet). A version not trained by Stepwell's trainer "
+    "answers 422; an archived model 409.",
+    responses=error_responses(401, 404, 409, 422),
+)
+@match_info_schema(ModelVersionPathSchema, put_into="path")
+@request_schema(DeployRequestSchema, example={"target": "local"})
+@response_schema(envelope(DeploymentSchema, "DeploymentResponse"), 201)
+async def deploy_version(request: web.Request) -> web.Response:
+    path = validated(request, "path")
+    row = await deploy(
+        request.app[DB_POOL],
+        model_cache_of(request.app),
+        audit_ctx(request),
+        path["id"],
+        path["v"],
+        validated(request),
+        request.app[CONFIG].compute,
+    )
+    return ok(record_json(row), status=201)
+
+
+@docs(
+    tags=TAGS,
+    summary="List a model's deployments, newest first",
+    responses=error_responses(401, 404, 422),
+)
+@match_info_schema(ModelPathSchema, put_into="path")
+@querystring_schema(PageQuerySchema, put_into="query")
+@response_schema(list_envelope(DeploymentSchema, "DeploymentListResponse"), 200)
+async def list_deployments(request: web.Request) -> web.Response:
+    model_id, q = validated(request, "path")["id"], validated(request, "query")
+    async with request.app[DB_POOL].acquire() as conn:
+        await mdl.get_model(conn, model_id, principal_of(request).owner_filter)
+        page = await fetch_page(
+            conn, queries["list_model_deployments"], model_id, page=q["page"], limit=q["limit"]
+        )
+    return web.json_response(page.body([record_json(r) for r in page.rows]))
+
+
+def routes() -> list[web.RouteDef]:
+    base = "/api/v1/models/{id}"
+    return [
+        web.post(base + "/versions/{v}/deploy", deploy_version),
+        web.get(base + "/deployments", list_deployments, allow_head=False),
+    ]
