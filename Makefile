@@ -1,4 +1,5 @@
 # The whole set-up: `make run` serves the API, `make test` checks everything.
+# (The bench extra installs DBOS, the peer the run benchmark compares with; mypy checks bench/.)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -32,8 +33,10 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.runs
+	$(BIN)/python -m bench.schedules
+	$(BIN)/python -m bench.upload
+	$(BIN)/python -m bench.predict
 
 clean:
 	rm -rf $(VENV) var
