@@ -147,6 +147,11 @@ class TrainingJobActor(Actor):
         )
 
     async def status(self, status: str, raw_state: str | None = None) -> None:
+        if status in TERMINAL:
+            # Only `_finish` ends the job, together with its outcome (the model version, the
+            # error): ended here, a reader would see `succeeded` with no model, and a crash
+            # before `_finish` would leave it so, as recovery skips ended jobs.
+            status = self.job["status"]
         if status != self.job["status"] or raw_state != self.job.get("raw_state"):
             await self._set_status(status, raw_state=raw_state)
 

@@ -16,6 +16,11 @@ TRAINER = ("python", "-m", "runtime.compute.trainer")
 class VertexTrainingBackend:
     """Submits, watches and cancels CustomJobs; state changes become log lines."""
 
+    # How often `watch` polls Vertex: from `poll_s`, backing off to `max_poll_s` while the
+    # state stays the same.
+    poll_s = 1.0
+    max_poll_s = 30.0
+
     def __init__(self, vertex: VertexBackend, output_root: str, image_uri: str | None = None):
         self.vertex = vertex
         self.output_root = output_root.rstrip("/")
@@ -52,7 +57,13 @@ class VertexTrainingBackend:
             await report.status(state.status.value, state.raw_state)
             await report.log(state.log_line(), "error" if state.error else "info")
 
-        final = await self.vertex.watch(submitted.name, changed, last_state=job.get("raw_state"))
+        final = await self.vertex.watch(
+            submitted.name,
+            changed,
+            last_state=job.get("raw_state"),
+            poll_s=self.poll_s,
+            max_poll_s=self.max_poll_s,
+        )
         if final.status.value != "succeeded":
             return JobOutcome(final.status.value, error=final.error, raw_state=final.raw_state)
         return JobOutcome(

@@ -15,7 +15,13 @@ from aiohttp_apigami import (
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from actors import models as mdl
-from actors.deployments import LOCAL_ENDPOINT, TARGETS, DeploymentStatus, deploy
+from actors.deployments import (
+    LOCAL_ENDPOINT,
+    TARGETS,
+    DeploymentStatus,
+    deploy,
+    vertex_deployer_of,
+)
 from actors.model_cache import model_cache_of
 from handlers.common import (
     audit_ctx,
@@ -42,19 +48,25 @@ class DeployRequestSchema(Schema):
         load_default="local",
         validate=validate.OneOf(TARGETS),
         metadata={
-            "description": "'local' serves the model in this installation; 'vertex' is not "
-            "available yet (422)",
+            "description": "'local' serves the model in this installation; 'vertex' on a "
+            "Vertex AI endpoint (needs STEPWELL_COMPUTE=vertex and gs:// storage)",
             "example": "local",
         },
     )
     machine_type = fields.String(
-        validate=validate.Length(min=1, max=100), metadata={"example": "n1-standard-4"}
+        validate=validate.Length(min=1, max=100),
+        metadata={
+            "description": "Vertex AI serving machine (default n1-standard-4)",
+            "example": "n1-standard-4",
+        },
     )
     min_replicas = fields.Integer(
-        validate=validate.Range(min=1, max=MAX_REPLICAS), metadata={"example": 1}
+        validate=validate.Range(min=1, max=MAX_REPLICAS),
+        metadata={"description": "Fewest Vertex AI replicas (default 1)", "example": 1},
     )
     max_replicas = fields.Integer(
-        validate=validate.Range(min=1, max=MAX_REPLICAS), metadata={"example": 3}
+        validate=validate.Range(min=1, max=MAX_REPLICAS),
+        metadata={"description": "Most Vertex AI replicas (default min_replicas)", "example": 3},
     )
 
     @validates_schema
@@ -81,7 +93,14 @@ class DeploymentSchema(Schema):
         validate=validate.OneOf([s.value for s in DeploymentStatus]),
         metadata={"example": "deployed"},
     )
-    endpoint = fields.String(allow_none=True, metadata={"example": LOCAL_ENDPOINT})
+    endpoint = fields.String(
+        allow_none=True,
+        metadata={
+            "description": f"'{LOCAL_ENDPOINT}' for local deployments; the Vertex AI endpoint's "
+            "resource name once a Vertex deployment is deployed",
+            "example": LOCAL_ENDPOINT,
+        },
+    )
     config = fields.Dict(metadata={"example": {"machine_type": "n1-standard-4"}})
     error = fields.String(allow_none=True)
     owner_id = fields.String(metadata={"example": "user-42"})
@@ -90,19 +109,32 @@ class DeploymentSchema(Schema):
     updated_at = fields.DateTime()
 
 
+DEPLOYMENT_RESPONSE = envelope(DeploymentSchema, "DeploymentResponse")
+
+
 @docs(
     tags=TAGS,
     summary="Deploy a model version (by number or alias, e.g. /versions/champion/deploy)",
-    description="'local' loads the model into this installation's model cache and answers with "
-    f"the deployment `deployed`; predictions are made with `POST {LOCAL_ENDPOINT}`. An alias "
-    "is resolved now: the deployment keeps the version it pointed at. 'vertex' answers 422 "
-    "(Vertex AI endpoints are not available yet). A version not trained by Stepwell's trainer "
-    "answers 422; an archived model 409.",
+    description="An alias is resolved now: the deployment keeps the version it pointed at. "
+    "'local' loads the model into this installation's model cache and answers 201 with the "
+    f"deployment `deployed`; predictions are made with `POST {LOCAL_ENDPOINT}`. A version not "
+    "trained by Stepwell's trainer answers 422 for 'local'.\n\n"
+    "'vertex' (with STEPWELL_COMPUTE=vertex and gs:// storage; otherwise 422) answers 202 with "
+    "the deployment `deploying`: in the background the version's model file (its gs:// "
+    "`artifact_uri`, model.joblib, a scikit-learn model) is uploaded as a Vertex AI Model, the "
+    "model's Vertex endpoint is found or created, and the Model is deployed there with "
+    "`machine_type` and `min_replicas`..`max_replicas` and all the traffic. The deployment then "
+    "becomes `deployed`, its `endpoint` the Vertex endpoint's resource name and its `config` "
+    "naming the Vertex model and deployed model, or `failed` with Vertex's message; follow it "
+    "with `GET /models/{id}/deployments`. Deploying the same version again reuses the uploaded "
+    f"model and the endpoint. `POST {LOCAL_ENDPOINT}` keeps answering from this installation's "
+    "model cache (the same model file), whichever the target. An archived model answers 409.",
     responses=error_responses(401, 404, 409, 422),
 )
 @match_info_schema(ModelVersionPathSchema, put_into="path")
 @request_schema(DeployRequestSchema, example={"target": "local"})
-@response_schema(envelope(DeploymentSchema, "DeploymentResponse"), 201)
+@response_schema(DEPLOYMENT_RESPONSE, 201, description="Deployed locally")
+@response_schema(DEPLOYMENT_RESPONSE, 202, description="Deploying to Vertex AI")
 async def deploy_version(request: web.Request) -> web.Response:
     path = validated(request, "path")
     row = await deploy(
@@ -113,8 +145,10 @@ async def deploy_version(request: web.Request) -> web.Response:
         path["v"],
         validated(request),
         request.app[CONFIG].compute,
+        vertex_deployer_of(request.app),
     )
-    return ok(record_json(row), status=201)
+    status = 202 if row["status"] == DeploymentStatus.DEPLOYING else 201
+    return ok(record_json(row), status=status)
 
 
 @docs(

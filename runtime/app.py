@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, OpenApiVersion, validation_middleware
 
 from actors.batch_predictions import batch_jobs_ctx
+from actors.deployments import deployments_ctx
 from actors.dispatch import runs_ctx
 from actors.profiling import profiling_ctx
 from handlers import (
@@ -87,6 +88,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(runs_ctx)
     app.cleanup_ctx.append(batch_jobs_ctx)
+    app.cleanup_ctx.append(deployments_ctx)
     app.cleanup_ctx.append(profiling_ctx)
     setup_docs(app)
     return app

@@ -22,3 +22,12 @@ FROM deployments d JOIN model_versions v ON v.id = d.model_version_id
 WHERE d.model_id = $1
 ORDER BY d.created_at DESC, d.id
 LIMIT $2 OFFSET $3;
+
+-- name: finish_deployment
+-- $1 id, $2 status, $3 endpoint (NULL: keep), $4 config keys to add, $5 error
+-- Only a deployment still deploying ends, and only once.
+UPDATE deployments
+SET status = $2, endpoint = coalesce($3, endpoint), config = config || $4::jsonb, error = $5,
+    updated_at = now()
+WHERE id = $1 AND status = 'deploying'
+RETURNING id;

@@ -8,13 +8,16 @@ client, but it never checks signatures: any URL under `/<bucket>/<object>` is ac
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from gcp_storage_emulator.server import create_server  # type: ignore[import-untyped]
@@ -59,6 +62,17 @@ def service_account_info(email: str = SIGNER_EMAIL) -> tuple[dict[str, str], rsa
         "token_uri": "https://oauth2.googleapis.com/token",
     }
     return info, key.public_key()
+
+
+def use_emulator(
+    monkeypatch: pytest.MonkeyPatch, url: str, account: dict[str, str], key_file: Path
+) -> None:
+    """Set the environment `STEPWELL_STORAGE=gs://...` reads so that it talks to the emulator
+    at `url` and signs URLs with `account` (a key file's contents, written to `key_file`)."""
+    key_file.write_text(json.dumps(account))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test-project")
+    monkeypatch.setenv("STEPWELL_GCS_SIGNING_KEY_FILE", str(key_file))
 
 
 def query_of(url: str) -> dict[str, str]:
