@@ -43,6 +43,8 @@ from runtime.sql import queries
 from runtime.storage.base import Storage
 
 log = logging.getLogger(__name__)
+# An image with Stepwell installed (its trainer runs inside); Vertex's prebuilt ones lack it.
+TRAINER_IMAGE_ENV = "STEPWELL_VERTEX_TRAINER_IMAGE"
 StepOperation = Callable[["RunDispatcher", Mapping[str, Any], Mapping[str, Any]], Awaitable[Any]]
 SWEEP_INTERVAL_S = 2.0
 REAP_INTERVAL_S = 30.0
@@ -349,7 +351,9 @@ def build_training(
         if not (config.storage_url or "").startswith("gs://"):
             raise ConfigError("STEPWELL_COMPUTE=vertex needs STEPWELL_STORAGE=gs://bucket/prefix")
         assert config.storage_url is not None  # noqa: S101
-        return VertexTrainingBackend(VertexBackend.from_env(os.environ), config.storage_url)
+        return VertexTrainingBackend(
+            VertexBackend.from_env(os.environ), storage, os.environ.get(TRAINER_IMAGE_ENV) or None
+        )
     return LocalTrainingBackend(storage, config.data_dir / "work")
 
 

@@ -417,3 +417,22 @@ async def test_an_error_in_the_message_handler_stops_the_worker_and_reaches_the_
         await trainer.run(spec_for(tmp_path, "handler", **LONG_JOB), broken)
     assert gone(pids[0])
     assert trainer.running_count == 0
+
+
+async def test_the_worker_copies_its_messages_to_a_report_file(tmp_path: Path) -> None:
+    """Where nobody reads stdout (a Vertex AI job), the same lines land in a file."""
+    spec = spec_for(tmp_path, "report", target_column="churned")
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(spec.to_json())
+    report = tmp_path / "report.jsonl"
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runtime.compute.trainer",
+        str(spec_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "STEPWELL_TRAINER_REPORT": str(report)},
+    )
+    stdout, _ = await worker.communicate()
+    assert report.read_text().splitlines() == stdout.decode().splitlines()

@@ -20,6 +20,7 @@ from actors.training_vertex import VertexTrainingBackend
 from runtime.app import create_app
 from runtime.compute.vertex import LABEL
 from runtime.config import Config
+from runtime.keys import STORAGE
 from tests.conftest import Client, auth
 from tests.gcs import emulator, service_account_info, use_emulator
 from tests.test_datasets import body_of, make_dataset, upload
@@ -168,7 +169,31 @@ async def test_a_job_runs_as_one_custom_job_and_registers_the_model_it_wrote(
     }
     assert body["jobSpec"]["scheduling"] == {"timeout": "3600s"}
     assert body["jobSpec"]["baseOutputDirectory"] == {"outputUriPrefix": out}
+    container = pool["containerSpec"]
+    mount = f"/gcs/{BUCKET}/stepwell/training-jobs/{job['id']}"
+    assert container["args"] == [f"{mount}/spec.json"]
+    assert {"name": "STEPWELL_TRAINER_REPORT", "value": f"{mount}/report.jsonl"} in container["env"]
+    storage = client.app[STORAGE]
+    spec = json.loads(b"".join([c async for c in storage.read(
+        f"training-jobs/{job['id']}/spec.json")]))  # fmt: skip
+    assert spec["artifact_path"] == f"{mount}/model/model.joblib"
+    assert all(f.startswith(f"/gcs/{BUCKET}/stepwell/datasets/") for f in spec["data_files"])
 
+    # What the trainer in the container leaves beside the model.
+    at = "2026-11-23T00:00:00+00:00"
+    report = [
+        {"type": "metric", "step": 1, "name": "accuracy", "value": 0.91, "at": at},
+        {"type": "artifact", "path": spec["artifact_path"], "size_bytes": 10,
+         "sha256": "ab" * 32, "format": "joblib"},
+        {"type": "result", "metrics": {"accuracy": 0.91}, "features": [{"name": "x1"}],
+         "classes": [0, 1], "algorithm": "logistic_regression", "parameters": {"C": 1.0}},
+    ]  # fmt: skip
+    lines = "".join(json.dumps(m) + "\n" for m in report).encode()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield lines
+
+    await storage.write(f"training-jobs/{job['id']}/report.jsonl", chunks())
     fake.script(name, ["JOB_STATE_PENDING", "JOB_STATE_RUNNING", "JOB_STATE_SUCCEEDED"])
     done = await wait_job(client, job["id"], within_s=10)
 
@@ -189,7 +214,12 @@ async def test_a_job_runs_as_one_custom_job_and_registers_the_model_it_wrote(
     assert version["id"] == done["model_version_id"]
     assert version["artifact_uri"] == f"{out}/model/model.joblib"
     assert version["training_job_id"] == job["id"] and version["dataset_version"] == 1
-    assert version["metadata"] == {"vertex_job": name}
+    assert version["metadata"]["vertex_job"] == name
+    assert version["metadata"]["sha256"] == "ab" * 32
+    assert version["metrics"] == {"accuracy": 0.91}
+    assert version["parameters"] == {"algorithm": "logistic_regression", "C": 1.0}
+    resp = await client.get(f"/api/v1/training-jobs/{job['id']}/metrics", headers=auth())
+    assert (await body_of(resp, 200))["data"]["history"]["accuracy"][0]["value"] == 0.91
     resp = await client.get(f"/api/v1/datasets/{dataset}/versions/1/model-versions", headers=auth())
     assert [v["id"] for v in (await body_of(resp, 200))["data"]] == [version["id"]]
     assert fake.calls["create"] == 1

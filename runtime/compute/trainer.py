@@ -85,12 +85,17 @@ class TrainingError(Exception):
 class Reporter:
     """Writes protocol messages, one JSON line each, flushed at once."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, copy: TextIO | None = None) -> None:
         self._stream = stream
+        self._copy = copy
 
     def send(self, message: Message) -> None:
-        self._stream.write(encode(message) + "\n")
+        line = encode(message) + "\n"
+        self._stream.write(line)
         self._stream.flush()
+        if self._copy is not None:
+            self._copy.write(line)
+            self._copy.flush()
 
     def log(self, text: str, level: LogLevel = "info") -> None:
         self.send(LogMessage(level=level, message=text))
@@ -441,9 +446,16 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+REPORT_ENV = "STEPWELL_TRAINER_REPORT"
+
+
 def main(argv: list[str], out: TextIO) -> int:
     """Run the job named by `argv` (a spec path, or `-` for stdin); report on `out`."""
-    reporter = Reporter(out)
+    # Where no supervisor reads stdout (a Vertex AI CustomJob), the messages also go to a file
+    # the job's owner reads back afterwards (on Vertex, a /gcs/... path: the bucket, mounted).
+    report_path = os.environ.get(REPORT_ENV)
+    copy = Path(report_path).open("a", encoding="utf-8") if report_path else None  # noqa: SIM115
+    reporter = Reporter(out, copy)
     # Warnings (a ConvergenceWarning, say) belong in the job's log, not on stderr.
     warnings.showwarning = lambda message, category, *_args, **_kw: reporter.log(
         f"{category.__name__}: {message}", "warning"
