@@ -114,11 +114,23 @@ def _early_error(status: int, code: str, message: str) -> web.Response:
         200: {"description": "Stored", "schema": envelope(StoredSchema, "StoredObject")},
         **_SIGNED_ERRORS,
         400: {"description": "The upload was interrupted", "schema": ErrorSchema},
+        409: {
+            "description": "Already uploaded: signed uploads are write-once",
+            "schema": ErrorSchema,
+        },
         422: {"description": "The key is not a valid storage key", "schema": ErrorSchema},
     },
 )
 async def upload(request: web.Request) -> web.Response:
     storage, key = _authorise(request)
+    try:
+        exists = await storage.exists(key)
+    except StorageError as exc:
+        raise ValidationFailed(str(exc), {"key": key}) from exc
+    if exists:
+        # Signed uploads are write-once: a URL still valid after a dataset version was made
+        # from its file must not be able to change the file under the version.
+        return _early_error(409, "CONFLICT", "an object is already stored under this key")
     content_type = request.headers.get(hdrs.CONTENT_TYPE)
     try:
         stored = await storage.write(key, request.content.iter_chunked(CHUNK_BYTES), content_type)

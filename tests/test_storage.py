@@ -564,3 +564,14 @@ async def test_a_dropped_gcs_upload_publishes_nothing(gcs: GcsStorage, writer_cl
     await asyncio.to_thread(gc.collect)
     published = object_names(gcs.client) == ["stepwell/dropped.bin"]
     assert published == (writer_class is BlobWriter)
+
+
+async def test_signed_uploads_are_write_once(client: Client) -> None:
+    storage = app_storage(client)
+    url = relative(await storage.signed_url("once/data.csv", "PUT", 600))
+    resp = await client.put(url, data=b"a,b\n1,2\n")
+    assert resp.status == 200
+    resp = await client.put(url, data=b"changed\n")
+    assert resp.status == 409
+    assert (await resp.json())["error"]["code"] == "CONFLICT"
+    assert b"".join([c async for c in storage.read("once/data.csv")]) == b"a,b\n1,2\n"
