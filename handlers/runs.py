@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 from uuid import UUID
 
@@ -168,6 +169,14 @@ async def _started_and_waited(request: web.Request, run_id: UUID, wait_s: float)
     with dispatcher.bus.subscribe(run_id) as sub:  # before the wake: no ending can be missed
         await dispatcher.wake(run_id)
         while True:
+            left = deadline - asyncio.get_running_loop().time()
+            actor = dispatcher.registry.get(str(run_id))
+            if actor is not None:
+                # Executing here: its actor stops when the run has ended (or is handed over),
+                # so there is nothing to re-read until then.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(left, 0)):
+                        await actor.stopped.wait()
             run = await pool.fetchrow(queries["get_run"], run_id, None)
             assert run is not None  # noqa: S101 - created above; runs are never deleted
             left = deadline - asyncio.get_running_loop().time()
