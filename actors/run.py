@@ -115,7 +115,9 @@ class RunActor(Actor):
         self.lease = self.services.lease_for(row["shard"])
         if self.lease is None:
             raise LeaseLost(f"shard {row['shard']} is not ours")
-        steps = await pool.fetch(queries["list_run_steps"], self.run_id)
+        # A pending run has no steps yet: its first steps are written with its start.
+        pending = row["status"] == "pending"
+        steps = [] if pending else await pool.fetch(queries["list_run_steps"], self.run_id)
         self.run_state = RunState.load(self.run, [dict(s) for s in steps])
         if not self.run_state.terminal:
             await self._recover()
