@@ -102,8 +102,12 @@ class RunDispatcher:
     def lease_for(self, shard: int) -> Lease | None:
         return self.shards.lease_for(shard)
 
-    async def wake(self, run_id: UUID) -> None:
-        """The run has news in the database; make sure its owner looks."""
+    async def wake(self, run_id: UUID, created: Mapping[str, Any] | None = None) -> None:
+        """The run has news in the database; make sure its owner looks.
+
+        `created` is the row (with definition) of a run this request just created: a new actor
+        starts from it instead of reading it back.
+        """
         shard = shard_of(run_id)
         if self.shards.lease_for(shard) is None:
             await self.bus.command_written(run_id)
@@ -114,7 +118,7 @@ class RunDispatcher:
                 existing.tell(Poke())
             return
         # A new actor reads the run and its pending commands as it starts.
-        self.registry.get_or_spawn(str(run_id), lambda: RunActor(run_id, self))
+        self.registry.get_or_spawn(str(run_id), lambda: RunActor(run_id, self, created))
 
     async def _on_bus_command(self, kind: str, key: UUID) -> None:
         if self.shards.lease_for(shard_of(key)) is None:

@@ -93,10 +93,15 @@ class RunServices(Protocol):
 class RunActor(Actor):
     """The only writer of one run while this process holds the run's shard."""
 
-    def __init__(self, run_id: UUID, services: RunServices) -> None:
+    def __init__(
+        self, run_id: UUID, services: RunServices, created: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(str(run_id))
         self.run_id = run_id
         self.services = services
+        # The row of a run just created by this process: nothing to read back, and no command
+        # can predate this actor (one sent meanwhile finds it and pokes it).
+        self.created = created
         self.run: dict[str, Any] = {}
         self.run_state: RunState | None = None
         self.lease: Lease | None = None
@@ -107,7 +112,7 @@ class RunActor(Actor):
 
     async def on_start(self) -> None:
         pool = self.services.pool
-        row = await pool.fetchrow(queries["get_run_for_actor"], self.run_id)
+        row = self.created or await pool.fetchrow(queries["get_run_for_actor"], self.run_id)
         if row is None:
             self.stop()
             return
@@ -148,7 +153,8 @@ class RunActor(Actor):
             t.run("running", "run.started")
         await self._commit(t, scratch)
         await self._arm_deadline()
-        await self._apply_commands()
+        if self.created is None:
+            await self._apply_commands()
 
     async def _check_child(self, sid: str, attempt: int) -> None:
         """A child that ended while nobody listened (a crash between two commits) still counts."""

@@ -7,6 +7,7 @@ Both only write; the caller commits, then asks the dispatcher to wake the run's 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -35,7 +36,23 @@ def input_errors(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str
     ]
 
 
-async def start_run(
+@dataclass(frozen=True, slots=True)
+class StartedRun:
+    """A new run's row and its workflow's definition: what its actor needs to begin."""
+
+    row: asyncpg.Record
+    definition: dict[str, Any]
+
+    def actor_row(self) -> dict[str, Any]:
+        return {**dict(self.row), "definition": self.definition}
+
+
+async def start_run(conn: Conn, workflow_id: UUID, **kwargs: Any) -> asyncpg.Record:
+    """Create a pending run of a published workflow (the run row is the start command)."""
+    return (await create_run(conn, workflow_id, **kwargs)).row
+
+
+async def create_run(
     conn: Conn,
     workflow_id: UUID,
     *,
@@ -48,8 +65,8 @@ async def start_run(
     scheduled_for: datetime | None = None,
     parent: tuple[UUID, str, int] | None = None,
     schedule_id: UUID | None = None,
-) -> asyncpg.Record:
-    """Create a pending run of a published workflow (the run row is the start command)."""
+) -> StartedRun:
+    """Create a pending run of a published workflow, with the definition it runs."""
     workflow = await conn.fetchrow(queries["get_workflow"], workflow_id, owner)
     if workflow is None:
         raise NotFound(f"workflow {workflow_id} not found")
@@ -94,7 +111,7 @@ async def start_run(
             owner_id=run["owner_id"],
             changes={"workflow_id": str(workflow_id), "trigger": trigger_type},
         )
-    return run
+    return StartedRun(run, workflow["definition"])
 
 
 # command kind -> run statuses it is accepted in

@@ -18,7 +18,7 @@ from aiohttp_apigami import (
 from jsonschema import Draft202012Validator
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from actors.runs import TERMINAL, record_command, start_run
+from actors.runs import TERMINAL, StartedRun, create_run, record_command
 from actors.steps import approval
 from handlers.common import (
     audit_ctx,
@@ -146,7 +146,7 @@ async def start(request: web.Request) -> web.Response:
     wait_s = validated(request, "query").get("wait_s")
     principal = principal_of(request)
     async with request.app[DB_POOL].acquire() as conn, conn.transaction():
-        run = await start_run(
+        started = await create_run(
             conn,
             _run_id(request),
             owner=principal.owner_filter,
@@ -156,18 +156,22 @@ async def start(request: web.Request) -> web.Response:
             timeout_s=body.get("timeout_s"),
             audit=audit_ctx(request),
         )
+    run = started.row
     if wait_s:
-        return await _started_and_waited(request, run["id"], wait_s)
-    await request.app[DISPATCHER].wake(run["id"])
+        return await _started_and_waited(request, started, wait_s)
+    await request.app[DISPATCHER].wake(run["id"], started.actor_row())
     return ok(record_json(run), status=202)
 
 
-async def _started_and_waited(request: web.Request, run_id: UUID, wait_s: float) -> web.Response:
+async def _started_and_waited(
+    request: web.Request, started: StartedRun, wait_s: float
+) -> web.Response:
     """Wake the run, then answer when it ends (200) or when `wait_s` is up (202)."""
     dispatcher, pool = request.app[DISPATCHER], request.app[DB_POOL]
+    run_id = started.row["id"]
     deadline = asyncio.get_running_loop().time() + wait_s
     with dispatcher.bus.subscribe(run_id) as sub:  # before the wake: no ending can be missed
-        await dispatcher.wake(run_id)
+        await dispatcher.wake(run_id, started.actor_row())
         while True:
             left = deadline - asyncio.get_running_loop().time()
             actor = dispatcher.registry.get(str(run_id))
