@@ -92,6 +92,8 @@ class CronActor(Actor):
         async with self.pool.acquire() as conn, conn.transaction():
             result = await fire_schedule(conn, schedule_id, self.clock, self.node_id)
         self.lateness_ms.extend(result.lateness_ms)
+        for late in result.lateness_ms:
+            self.dispatcher.fire_started(late)
         del self.lateness_ms[:-10_000]  # bounded: enough for percentiles
         for run_id in result.runs:
             await self.dispatcher.wake(run_id)

@@ -37,7 +37,8 @@ from actors.training_vertex import VertexTrainingBackend
 from runtime.bus import EventBus
 from runtime.config import Config, ConfigError
 from runtime.errors import ApiError
-from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER, STORAGE
+from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER, METRICS, STORAGE
+from runtime.metrics import Metrics
 from runtime.shards import Lease, ShardManager, shard_of
 from runtime.sql import queries
 from runtime.storage.base import Storage
@@ -76,6 +77,7 @@ class RunDispatcher:
         self.storage: Storage | None = None
         self.training: JobBackend | None = None
         self.model_cache: ModelCache | None = None
+        self.metrics: Metrics | None = None
         self.batch_jobs: BatchJobs | None = None
         self.compute = compute
         # ML step operations by name (deploy, predict, ...), registered by the modules that
@@ -281,6 +283,18 @@ class RunDispatcher:
                 details=exc.details,
             ) from exc
 
+    def run_ended(self, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.runs.labels(status).inc()
+
+    def job_ended(self, status: str) -> None:
+        if self.metrics is not None:
+            self.metrics.jobs.labels(status).inc()
+
+    def fire_started(self, lateness_ms: float) -> None:
+        if self.metrics is not None:
+            self.metrics.fire_lateness.observe(lateness_ms / 1000)
+
     async def training_finished(self, job: Mapping[str, Any]) -> None:
         """Tell the run whose step started a training job how it ended (a durable command)."""
         step_id, _, attempt = str(job["step_id"]).rpartition("#")
@@ -382,6 +396,7 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = dispatcher
     dispatcher.storage = app[STORAGE]
+    dispatcher.metrics = app[METRICS]
     dispatcher.model_cache = ModelCache(app[STORAGE], work_dir=config.data_dir / "work")
     dispatcher.batch_jobs = BatchJobs(
         app[DB_POOL], app[STORAGE], dispatcher.model_cache, config.data_dir / "work"

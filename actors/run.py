@@ -77,6 +77,8 @@ class RunServices(Protocol):
 
     async def child_finished(self, run: Mapping[str, Any]) -> None: ...
 
+    def run_ended(self, status: str) -> None: ...
+
     async def start_training(
         self, run: Mapping[str, Any], step_id: str, attempt: int, request: Mapping[str, Any]
     ) -> UUID: ...
@@ -353,6 +355,7 @@ class RunActor(Actor):
         scratch.run_status = status
 
     async def _finish(self, t: Transition) -> None:
+        self.services.run_ended(self._run_state().run_status)
         for handle in self.timers.values():
             handle.cancel()
         self.timers.clear()

@@ -83,6 +83,8 @@ class JobServices(Protocol):
 
     async def training_finished(self, job: Mapping[str, Any]) -> None: ...
 
+    def job_ended(self, status: str) -> None: ...
+
 
 class TrainingJobActor(Actor):
     """The only writer of one training job while this process holds its shard."""
@@ -258,6 +260,7 @@ class TrainingJobActor(Actor):
         self.services.bus.published(self.job_id)
 
     async def _done(self) -> None:
+        self.services.job_ended(str(self.job.get("status")))
         self.services.bus.published(self.job_id)
         if self.job.get("run_id") is not None:
             await self.services.training_finished(self.job)

@@ -10,6 +10,7 @@ from aiohttp_apigami import docs
 from actors.steps import catalog
 from handlers.common import error_responses, ok
 from runtime.keys import DB_POOL
+from runtime.metrics import metrics_endpoint
 from runtime.sql import queries
 
 READY_TIMEOUT_S = 2.0
@@ -47,8 +48,19 @@ async def step_catalog(request: web.Request) -> web.Response:
     return ok(catalog())
 
 
+@docs(
+    tags=["system"],
+    summary="Prometheus metrics",
+    security=[],
+    responses={200: {"description": "Prometheus text exposition format"}},
+)
+async def metrics(request: web.Request) -> web.Response:
+    return await metrics_endpoint(request)
+
+
 def routes() -> list[web.RouteDef]:
     return [
+        web.get("/metrics", metrics, allow_head=False),
         web.get("/health", health, allow_head=False),
         web.get("/health/ready", ready, allow_head=False),
         web.get("/api/v1/catalog/steps", step_catalog, allow_head=False),

@@ -33,7 +33,8 @@ from runtime.clock import Clock
 from runtime.config import Config
 from runtime.db import db_pool_ctx
 from runtime.idempotency import idempotency_cleanup_ctx, idempotency_middleware
-from runtime.keys import CLOCK, CONFIG, VERIFIER
+from runtime.keys import CLOCK, CONFIG, METRICS, VERIFIER
+from runtime.metrics import Metrics, metrics_middleware
 from runtime.middleware import error_middleware
 from runtime.storage import storage_ctx
 
@@ -51,6 +52,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app = web.Application(
         middlewares=[
             error_middleware,
+            metrics_middleware,
             auth_middleware,
             idempotency_middleware,
             validation_middleware,
@@ -59,6 +61,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     )
     app[CONFIG] = config
     app[CLOCK] = clock or Clock()
+    app[METRICS] = Metrics()
     app[VERIFIER] = TokenVerifier(
         secret=config.jwt_secret,
         audience=config.jwt_audience,

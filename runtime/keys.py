@@ -13,6 +13,7 @@ from runtime.config import Config
 if TYPE_CHECKING:
     from actors.dispatch import RunDispatcher
     from runtime.auth import TokenVerifier
+    from runtime.metrics import Metrics
     from runtime.storage.base import Storage
 
 CONFIG = web.AppKey("config", Config)
@@ -21,3 +22,4 @@ DB_POOL = web.AppKey("db_pool", asyncpg.Pool)
 VERIFIER: web.AppKey[TokenVerifier] = web.AppKey("verifier")
 DISPATCHER: web.AppKey[RunDispatcher] = web.AppKey("dispatcher")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

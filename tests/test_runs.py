@@ -265,3 +265,17 @@ async def test_start_and_wait_for_the_end(client: Client, publish: Publish) -> N
         f"/api/v1/workflows/{slow['id']}/run?wait_s=99", json={}, headers=auth()
     )
     assert resp.status == 422
+
+
+async def test_metrics_count_requests_and_ended_runs(client: Client, publish: Publish) -> None:
+    wf = await publish([{"id": "t", "type": "transform", "data": {"output": {}}}])
+    resp = await client.post(f"/api/v1/workflows/{wf['id']}/run?wait_s=10", json={}, headers=auth())
+    assert resp.status == 200
+    resp = await client.get("/metrics")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    assert 'stepwell_runs_finished_total{status="succeeded"} 1.0' in text
+    assert (
+        'stepwell_http_requests_total{method="POST",route="/api/v1/workflows/{id}/run",'
+        'status="200"} 1.0' in text
+    )
