@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import aiohttp_cors
 from aiohttp import web
 from aiohttp_apigami import AiohttpApiSpec, OpenApiVersion, validation_middleware
 
@@ -86,6 +87,7 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     )
     for module in modules:
         app.router.add_routes(module.routes())
+    setup_cors(app, config.cors_origins)
     app.cleanup_ctx.append(db_pool_ctx)
     app.cleanup_ctx.append(idempotency_cleanup_ctx)
     app.cleanup_ctx.append(storage_ctx)
@@ -95,6 +97,21 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(profiling_ctx)
     setup_docs(app)
     return app
+
+
+def setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    """Browsers on `STEPWELL_CORS_ORIGINS` may call the API (a dashboard on another origin)."""
+    if not origins:
+        return
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=True,
+        expose_headers=("X-Request-ID",),
+        allow_headers="*",
+        max_age=3600,
+    )
+    cors = aiohttp_cors.setup(app, defaults=dict.fromkeys(origins, options))
+    for route in list(app.router.routes()):
+        cors.add(route)
 
 
 def setup_docs(app: web.Application) -> AiohttpApiSpec:

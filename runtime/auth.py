@@ -209,6 +209,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """Authenticate every request except public paths and unknown routes (they 404)."""
     if request.path.startswith(PUBLIC_PREFIXES) or request.match_info.http_exception:
         return await handler(request)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return await handler(request)  # a CORS preflight carries no credentials by design
     optional = request.path.startswith(OPTIONAL_AUTH_PREFIXES)
     if optional and not ("Authorization" in request.headers or "X-API-Key" in request.headers):
         return await handler(request)

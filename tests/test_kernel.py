@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
+from pytest_aiohttp import AiohttpClient
 
+from runtime.app import create_app
+from runtime.config import Config
 from runtime.db import apply_migrations, database_url_for
 from runtime.sql import DuplicateQueryError, load_queries, parse_queries, queries
 from tests.conftest import Client, auth
@@ -139,3 +143,25 @@ async def test_nan_and_infinity_are_422_not_500(client: Client) -> None:
         assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
     resp = await client.get("/api/v1/workflows", headers=auth())
     assert (await resp.json())["pagination"]["total"] == 0
+
+
+async def test_cors_for_configured_origins(config: Config, aiohttp_client: AiohttpClient) -> None:
+    cfg = replace(config, cors_origins=("https://dashboard.example",))
+    client = await aiohttp_client(create_app(cfg))
+    preflight = {
+        "Origin": "https://dashboard.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
+    resp = await client.options("/api/v1/workflows", headers=preflight)
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
+    resp = await client.get(
+        "/api/v1/workflows", headers={**auth(), "Origin": "https://dashboard.example"}
+    )
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
+    assert "X-Request-ID" in resp.headers["Access-Control-Expose-Headers"]
+    resp = await client.options(
+        "/api/v1/workflows", headers={**preflight, "Origin": "https://evil.example"}
+    )
+    assert resp.status == 403
