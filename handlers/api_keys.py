@@ -19,6 +19,7 @@ from handlers.common import (
     envelope,
     error_responses,
     list_envelope,
+    paged,
     principal_of,
     record_json,
     shown_once,
@@ -28,7 +29,7 @@ from runtime.audit import record_audit
 from runtime.auth import new_api_key
 from runtime.errors import NotFound
 from runtime.keys import DB_POOL
-from runtime.pagination import PageQuerySchema, fetch_page
+from runtime.pagination import PageQuerySchema
 from runtime.sql import queries
 
 TAGS = ["api-keys"]
@@ -109,16 +110,7 @@ async def create_api_key(request: web.Request) -> web.Response:
 @querystring_schema(PageQuerySchema, put_into="query")
 @response_schema(list_envelope(ApiKeySchema, "ApiKeyListResponse"), 200)
 async def list_api_keys(request: web.Request) -> web.Response:
-    q = validated(request, "query")
-    async with request.app[DB_POOL].acquire() as conn:
-        page = await fetch_page(
-            conn,
-            queries["list_api_keys"],
-            principal_of(request).owner_filter,
-            page=q["page"],
-            limit=q["limit"],
-        )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return await paged(request, queries["list_api_keys"])
 
 
 @docs(

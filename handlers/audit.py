@@ -6,9 +6,8 @@ from aiohttp import web
 from aiohttp_apigami import docs, querystring_schema, response_schema
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from handlers.common import error_responses, list_envelope, principal_of, record_json, validated
-from runtime.keys import DB_POOL
-from runtime.pagination import PageQuerySchema, fetch_page
+from handlers.common import error_responses, list_envelope, paged
+from runtime.pagination import PageQuerySchema
 from runtime.sql import queries
 
 
@@ -48,21 +47,9 @@ class AuditEntrySchema(Schema):
 @querystring_schema(AuditQuerySchema, put_into="query")
 @response_schema(list_envelope(AuditEntrySchema, "AuditLogListResponse"), 200)
 async def list_audit_logs(request: web.Request) -> web.Response:
-    q = validated(request, "query")
-    async with request.app[DB_POOL].acquire() as conn:
-        page = await fetch_page(
-            conn,
-            queries["list_audit_logs"],
-            principal_of(request).owner_filter,
-            q.get("entity_type"),
-            q.get("entity_id"),
-            q.get("user_id"),
-            q.get("since"),
-            q.get("until"),
-            page=q["page"],
-            limit=q["limit"],
-        )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return await paged(
+        request, queries["list_audit_logs"], "entity_type", "entity_id", "user_id", "since", "until"
+    )
 
 
 def routes() -> list[web.RouteDef]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -14,8 +14,9 @@ from marshmallow import Schema, fields
 from runtime.audit import AuditContext
 from runtime.auth import PRINCIPAL, Principal
 from runtime.errors import ApiError
+from runtime.keys import DB_POOL
 from runtime.middleware import request_id_of
-from runtime.pagination import PaginationSchema
+from runtime.pagination import PaginationSchema, fetch_page
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -45,6 +46,21 @@ def record_json(
     row: asyncpg.Record | Mapping[str, Any], skip: tuple[str, ...] = ("total",)
 ) -> dict[str, Any]:
     return {k: jsonable(v) for k, v in row.items() if k not in skip}
+
+
+async def paged(
+    request: web.Request,
+    query: str,
+    *filters: str,
+    render: Callable[[Any], dict[str, Any]] = record_json,
+) -> web.Response:
+    """One page of a list query: the caller's rows (admins: all), filtered by the named query
+    parameters, in the contract's list shape."""
+    q = validated(request, "query")
+    args = [principal_of(request).owner_filter, *(q.get(name) for name in filters)]
+    async with request.app[DB_POOL].acquire() as conn:
+        page = await fetch_page(conn, query, *args, page=q["page"], limit=q["limit"])
+    return web.json_response(page.body([render(r) for r in page.rows]))
 
 
 def ok(data: Any, status: int = 200) -> web.Response:

@@ -26,6 +26,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    paged,
     principal_of,
     record_json,
     validated,
@@ -33,7 +34,7 @@ from handlers.common import (
 from handlers.run_views import event_json, log_line, run_detail
 from runtime.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from runtime.keys import DB_POOL, DISPATCHER
-from runtime.pagination import PageQuerySchema, fetch_page
+from runtime.pagination import PageQuerySchema
 from runtime.sql import queries
 
 TAGS = ["runs"]
@@ -197,21 +198,9 @@ async def _started_and_waited(
 @querystring_schema(RunListQuerySchema, put_into="query")
 @response_schema(list_envelope(RunSchema, "RunListResponse"), 200)
 async def list_runs(request: web.Request) -> web.Response:
-    q = validated(request, "query")
-    async with request.app[DB_POOL].acquire() as conn:
-        page = await fetch_page(
-            conn,
-            queries["list_runs"],
-            principal_of(request).owner_filter,
-            q.get("workflow_id"),
-            q.get("status"),
-            q.get("trigger_type"),
-            q.get("since"),
-            q.get("until"),
-            page=q["page"],
-            limit=q["limit"],
-        )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return await paged(
+        request, queries["list_runs"], "workflow_id", "status", "trigger_type", "since", "until"
+    )
 
 
 @docs(

@@ -22,6 +22,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    paged,
     principal_of,
     record_json,
     validated,
@@ -150,18 +151,13 @@ async def create_schedule(request: web.Request) -> web.Response:
 @querystring_schema(ScheduleListQuerySchema, put_into="query")
 @response_schema(list_envelope(ScheduleSchema, "ScheduleListResponse"), 200)
 async def list_schedules(request: web.Request) -> web.Response:
-    q = validated(request, "query")
-    async with request.app[DB_POOL].acquire() as conn:
-        page = await fetch_page(
-            conn,
-            queries["list_schedules"],
-            principal_of(request).owner_filter,
-            q.get("workflow_id"),
-            q.get("enabled"),
-            page=q["page"],
-            limit=q["limit"],
-        )
-    return web.json_response(page.body([_json(request, r) for r in page.rows]))
+    return await paged(
+        request,
+        queries["list_schedules"],
+        "workflow_id",
+        "enabled",
+        render=lambda row: _json(request, row),
+    )
 
 
 @docs(

@@ -23,13 +23,14 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    paged,
     principal_of,
     record_json,
     validated,
 )
 from runtime.errors import NotFound, ValidationFailed
 from runtime.keys import CONFIG, DB_POOL, DISPATCHER
-from runtime.pagination import PageQuerySchema, fetch_page
+from runtime.pagination import PageQuerySchema
 from runtime.sql import queries
 
 TAGS = ["training"]
@@ -165,19 +166,14 @@ async def create_job(request: web.Request) -> web.Response:
 @querystring_schema(JobListQuerySchema, put_into="query")
 @response_schema(list_envelope(TrainingJobSchema, "TrainingJobListResponse"), 200)
 async def list_jobs(request: web.Request) -> web.Response:
-    q = validated(request, "query")
-    async with request.app[DB_POOL].acquire() as conn:
-        page = await fetch_page(
-            conn,
-            queries["list_training_jobs"],
-            principal_of(request).owner_filter,
-            q.get("status"),
-            q.get("model_id"),
-            q.get("experiment_id"),
-            page=q["page"],
-            limit=q["limit"],
-        )
-    return web.json_response(page.body([_job_json(r) for r in page.rows]))
+    return await paged(
+        request,
+        queries["list_training_jobs"],
+        "status",
+        "model_id",
+        "experiment_id",
+        render=_job_json,
+    )
 
 
 @docs(tags=TAGS, summary="Get a training job", responses=error_responses(401, 404, 422))

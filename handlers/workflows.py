@@ -25,6 +25,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    paged,
     principal_of,
     record_json,
     validated,
@@ -156,19 +157,7 @@ async def create_workflow(request: web.Request) -> web.Response:
 @querystring_schema(WorkflowListQuerySchema, put_into="query")
 @response_schema(WorkflowListResponse, 200)
 async def list_workflows(request: web.Request) -> web.Response:
-    q = validated(request, "query")
-    async with request.app[DB_POOL].acquire() as conn:
-        page = await fetch_page(
-            conn,
-            queries["list_workflows"],
-            principal_of(request).owner_filter,
-            q.get("status"),
-            q.get("name"),
-            q.get("workflow_type"),
-            page=q["page"],
-            limit=q["limit"],
-        )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return await paged(request, queries["list_workflows"], "status", "name", "workflow_type")
 
 
 @docs(tags=TAGS, summary="Get a workflow", responses=error_responses(401, 404, 422))
