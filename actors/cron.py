@@ -41,7 +41,6 @@ class CronActor(Actor):
         self.dispatcher = dispatcher
         self.clock = clock
         self.node_id = node_id
-        self.lateness_ms: list[float] = []
         self._timer: asyncio.TimerHandle | None = None
 
     async def on_start(self) -> None:
@@ -91,10 +90,8 @@ class CronActor(Actor):
     async def _fire(self, schedule_id: UUID) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             result = await fire_schedule(conn, schedule_id, self.clock, self.node_id)
-        self.lateness_ms.extend(result.lateness_ms)
         for late in result.lateness_ms:
             self.dispatcher.fire_started(late)
-        del self.lateness_ms[:-10_000]  # bounded: enough for percentiles
         for run_id in result.runs:
             await self.dispatcher.wake(run_id)
 

@@ -64,6 +64,10 @@ class JobReporter(Protocol):
 
     async def status(self, status: str, raw_state: str | None = None) -> None: ...
 
+    async def external_id(self, name: str) -> None:
+        """The provider's name for the work (a Vertex AI CustomJob), once known."""
+        ...
+
 
 class JobBackend(Protocol):
     """Where training happens: local subprocesses or Vertex AI."""
@@ -147,6 +151,11 @@ class TrainingJobActor(Actor):
         await self.services.pool.execute(
             queries["insert_training_metric"], self.job_id, step, name, value
         )
+
+    async def external_id(self, name: str) -> None:
+        if name != self.job.get("external_id"):
+            await self.services.pool.execute(queries["set_training_external_id"], self.job_id, name)
+            self.job["external_id"] = name
 
     async def status(self, status: str, raw_state: str | None = None) -> None:
         if status in TERMINAL:

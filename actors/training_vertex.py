@@ -94,6 +94,7 @@ class VertexTrainingBackend:
             return JobOutcome("failed", error=str(exc))
         await self.storage.write(self._key(job, "spec.json"), _once(trainer.to_json().encode()))
         submitted = await self.vertex.submit(spec)  # re-attaches when the label exists
+        await report.external_id(submitted.name)
         await report.log(f"Vertex AI job {submitted.name} ({submitted.raw_state})")
 
         async def changed(state: VertexJob) -> None:

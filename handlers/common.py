@@ -13,7 +13,7 @@ from marshmallow import Schema, fields
 
 from runtime.audit import AuditContext
 from runtime.auth import PRINCIPAL, Principal
-from runtime.errors import ApiError
+from runtime.errors import ApiError, ValidationFailed
 from runtime.keys import DB_POOL
 from runtime.middleware import request_id_of
 from runtime.pagination import PaginationSchema, fetch_page
@@ -122,7 +122,6 @@ def validation_error_callback(
     error: Any, req: web.Request, schema: Any, *args: Any, **kwargs: Any
 ) -> None:
     """webargs error hook: raise the contract's 422 with the fields and where they were."""
-    from runtime.errors import ValidationFailed
 
     messages = error.messages if isinstance(error.messages, dict) else {"_": error.messages}
     location = next(iter(messages), "json")

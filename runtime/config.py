@@ -55,8 +55,6 @@ class Config:
     lease_ttl_s: float = 15.0
     db_pool_max: int = 20
     compute: str = "local"  # "local" (scikit-learn subprocesses) or "vertex"
-    google_cloud_project: str | None = None
-    vertex_location: str = "us-central1"
     storage_url: str | None = None  # None: file storage under data_dir/storage
     public_url: str | None = None  # how clients reach this server (for local signed URLs)
 
@@ -87,8 +85,6 @@ class Config:
             lease_ttl_s=_positive(env, "STEPWELL_LEASE_TTL_S", 15.0),
             db_pool_max=int(_positive(env, "STEPWELL_DB_POOL_MAX", 20)),
             compute=_choice(env, "STEPWELL_COMPUTE", ("local", "vertex")),
-            google_cloud_project=env.get("GOOGLE_CLOUD_PROJECT") or None,
-            vertex_location=env.get("STEPWELL_VERTEX_LOCATION") or "us-central1",
             storage_url=env.get("STEPWELL_STORAGE") or None,
             public_url=env.get("STEPWELL_PUBLIC_URL") or None,
         )

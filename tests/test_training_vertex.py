@@ -199,6 +199,7 @@ async def test_a_job_runs_as_one_custom_job_and_registers_the_model_it_wrote(
 
     assert done["status"] == "succeeded", done
     assert done["raw_state"] == "JOB_STATE_SUCCEEDED" and done["error"] is None
+    assert done["external_id"] == name, "the job shows which CustomJob ran it"
     assert done["model_version_id"] is not None
     number = name.rsplit("/", 1)[-1]
     messages = await log_messages(client, job["id"])
