@@ -27,6 +27,7 @@ from actors.model_cache import ModelCache
 from actors.registry import ActorRegistry
 from actors.run import Poke, RunActor
 from actors.run_store import LeaseLost, Transition, persist
+from actors.run_writer import RunWriter
 from actors.runs import start_run
 from actors.steps.context import StepFailed
 from actors.training import TERMINAL as TRAINING_TERMINAL
@@ -67,6 +68,7 @@ class RunDispatcher:
         self.pool = pool
         self.bus = bus
         self.http = http
+        self.writer = RunWriter(pool)
         self.registry = ActorRegistry(on_crash=self._on_crash)
         self.shards = ShardManager(
             pool, node_id, ttl_s=lease_ttl_s, on_acquire=self._acquired, on_release=self._released
@@ -98,6 +100,7 @@ class RunDispatcher:
                 await self._sweeper
         await self.shards.close()
         await self.registry.close()
+        await self.writer.close()
 
     # -- delivery ----------------------------------------------------------------------------
 

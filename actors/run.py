@@ -24,7 +24,8 @@ from actors import commands
 from actors.base import Actor, ActorStopped, MailboxFull
 from actors.graph import StepStatus, next_steps
 from actors.run_state import TERMINAL_RUN, RunState
-from actors.run_store import Event, LeaseLost, StepChange, Transition, persist
+from actors.run_store import Event, LeaseLost, StepChange, Transition
+from actors.run_writer import RunWriter
 from actors.step_platform import RunStepPlatform
 from actors.steps import EXECUTORS, PURE_STEPS, delay
 from actors.steps.context import StepContext, StepFailed, Wait
@@ -63,6 +64,7 @@ class RunServices(Protocol):
     pool: asyncpg.Pool[Any]
     http: aiohttp.ClientSession
     bus: EventBus
+    writer: RunWriter
 
     def lease_for(self, shard: int) -> Lease | None: ...
 
@@ -265,22 +267,33 @@ class RunActor(Actor):
         """Schedule what became ready, settle the run's status, persist, then act.
 
         Steps computed inline (pure ones) are committed round by round: a step's result is
-        durable before any step that depends on it is computed.
+        durable before any step that depends on it is committed, started or told to anyone.
+        While one round commits, the next round is planned on a copy of its state (pure
+        computation, nothing started, nobody told); a failed commit discards that plan.
         """
-        while True:
-            launches, computed = await self._schedule(t, scratch)
-            self._settle(t, scratch)
-            if not t:
-                return
+        launches, computed = await self._plan(t, scratch)
+        while t:
             assert self.lease is not None  # noqa: S101
-            await persist(self.services.pool, self.run_id, self.lease, t)
+            committed = self.services.writer.submit(self.run_id, self.lease, t)
+            ahead = None
+            if computed and not scratch.terminal:
+                await asyncio.sleep(0)  # let the writer send this round before planning on
+                ahead_scratch, ahead_t = scratch.copy(), Transition()
+                ahead = (ahead_t, ahead_scratch, *await self._plan(ahead_t, ahead_scratch))
+            await committed
             await self._adopt(t, scratch, launches)
             if scratch.terminal:
                 await self._finish(t)
                 return
-            if not computed:
+            if ahead is None:
                 return
-            scratch, t = scratch.copy(), Transition()
+            t, scratch, launches, computed = ahead
+
+    async def _plan(self, t: Transition, scratch: RunState) -> tuple[list[tuple[str, int]], bool]:
+        """One round of scheduling, then the run's own status, added to `t` and `scratch`."""
+        launches, computed = await self._schedule(t, scratch)
+        self._settle(t, scratch)
+        return launches, computed
 
     async def _adopt(
         self, t: Transition, scratch: RunState, launches: list[tuple[str, int]]

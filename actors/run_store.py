@@ -69,44 +69,67 @@ class Transition:
         return bool(self.steps or self.events or self.run_status or self.commands)
 
 
-async def persist(pool: asyncpg.Pool[Any], run_id: UUID, lease: Lease, t: Transition) -> int:
-    """Commit `t`; returns the seq before its first event. Raises LeaseLost when fenced."""
-    # A step may change twice in one transition (reset, then started): its row takes the last
-    # change, while every finished attempt along the way is still recorded once.
-    rows = list({c.step_id: c for c in t.steps}.values())
-    finished = list(
-        {
+@dataclass(frozen=True, slots=True)
+class RunChange:
+    """One run's transition with the lease it is fenced by: an entry of a group commit."""
+
+    run_id: UUID
+    lease: Lease
+    transition: Transition
+
+
+async def persist_many(pool: asyncpg.Pool[Any], changes: list[RunChange]) -> dict[UUID, int]:
+    """Commit the changes of several runs (each at most once) in one statement.
+
+    Returns each written run's seq before its first new event; a run left out was fenced off.
+    """
+    node_id = changes[0].lease.node_id
+    runs: list[list[Any]] = [[] for _ in range(7)]
+    steps: list[list[Any]] = [[] for _ in range(7)]
+    events: list[list[Any]] = [[] for _ in range(5)]
+    done: list[list[Any]] = [[] for _ in range(3)]
+    attempts: list[list[Any]] = [[] for _ in range(6)]
+    for change in changes:
+        rid, t = change.run_id, change.transition
+        _append(
+            runs,
+            rid,
+            change.lease.shard,
+            change.lease.token,
+            len(t.events),
+            t.run_status,
+            t.run_error,
+            t.run_output,
+        )
+        # A step may change twice in one transition (reset, then started): its row takes the
+        # last change, while every finished attempt along the way is still recorded once.
+        for c in {c.step_id: c for c in t.steps}.values():
+            _append(steps, rid, c.step_id, c.status, c.attempt, c.output, c.error, c.wake_at)
+        for position, e in enumerate(t.events, start=1):
+            _append(events, rid, position, e.name, e.step_id, e.data)
+        for command in t.commands:
+            _append(done, rid, command, t.outcome)
+        finished = {
             (c.step_id, c.attempt): c
             for c in reversed(t.steps)
             if c.recorded_result() and c.attempt > 0
-        }.values()
+        }
+        for c in finished.values():
+            _append(attempts, rid, c.step_id, c.attempt, c.recorded_result(), c.output, c.error)
+    rows = await pool.fetch(
+        queries["persist_run_changes"], node_id, *runs, *steps, *events, *done, *attempts
     )
-    base = await pool.fetchval(
-        queries["persist_run_changes"],
-        run_id,
-        lease.shard,
-        lease.node_id,
-        lease.token,
-        [c.step_id for c in rows],
-        [c.status for c in rows],
-        [c.attempt for c in rows],
-        [c.output for c in rows],
-        [c.error for c in rows],
-        [c.wake_at for c in rows],
-        t.run_status,
-        t.run_error,
-        t.run_output,
-        [e.name for e in t.events],
-        [e.step_id for e in t.events],
-        [e.data for e in t.events],
-        t.commands,
-        t.outcome,
-        [c.step_id for c in finished],
-        [c.attempt for c in finished],
-        [c.recorded_result() for c in finished],
-        [c.output for c in finished],
-        [c.error for c in finished],
-    )
-    if base is None:
+    return {row["id"]: int(row["base_seq"]) for row in rows}
+
+
+def _append(columns: list[list[Any]], *values: Any) -> None:
+    for column, value in zip(columns, values, strict=True):
+        column.append(value)
+
+
+async def persist(pool: asyncpg.Pool[Any], run_id: UUID, lease: Lease, t: Transition) -> int:
+    """Commit `t` alone; returns the seq before its first event. Raises LeaseLost when fenced."""
+    written = await persist_many(pool, [RunChange(run_id, lease, t)])
+    if run_id not in written:
         raise LeaseLost(f"lease on shard {lease.shard} lost (token {lease.token})")
-    return int(base)
+    return written[run_id]

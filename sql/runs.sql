@@ -76,42 +76,53 @@ WHERE r.shard = ANY($1::int[])
 UPDATE runs SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NULL;
 
 -- name: persist_run_changes
--- $1 run_id, $2 shard, $3 node_id, $4 fencing token,
--- $5..$10 step changes as parallel arrays: step ids, statuses, attempts, outputs, errors, wake_ats,
--- $11 new run status (NULL: unchanged), $12 run error, $13 run output,
--- $14..$16 events as parallel arrays: names, step ids, data,
--- $17 ids of commands this change completes, $18 their outcome,
--- $19..$23 finished attempts as parallel arrays: step ids, attempts, results, outputs, errors.
--- One statement, so one transaction: step state, write-once attempt results, the run row and
--- its events commit together, and only while this node still holds the shard's lease.
--- Returns the seq before the first new event, or no row when the lease is gone.
-WITH lease AS (
-    SELECT 1 FROM shard_leases
-    WHERE shard = $2 AND owner = $3 AND token = $4 AND expires_at > now()
+-- Group commit: the changes of many runs (each run at most once) in one statement, so one
+-- transaction and one WAL flush. All arrays are parallel within their group:
+-- $1 node_id;
+-- runs: $2 ids, $3 shards, $4 fencing tokens, $5 event counts, $6 new statuses (NULL: unchanged),
+--       $7 errors, $8 outputs;
+-- step changes: $9 run ids, $10 step ids, $11 statuses, $12 attempts, $13 outputs, $14 errors,
+--       $15 wake_ats;
+-- events: $16 run ids, $17 position within their run's change (1, 2, ...), $18 names,
+--       $19 step ids, $20 data;
+-- commands completed: $21 run ids, $22 command ids, $23 outcomes;
+-- finished attempts (write-once): $24 run ids, $25 step ids, $26 attempts, $27 results,
+--       $28 outputs, $29 errors.
+-- A run's rows are written only while this node holds its shard's lease with that token.
+-- Returns (id, base_seq) for each run written: the seq before its first new event. A run
+-- missing from the result was fenced off.
+WITH changed AS (
+    SELECT * FROM unnest($2::uuid[], $3::int[], $4::bigint[], $5::int[], $6::text[],
+                         $7::jsonb[], $8::jsonb[])
+        AS c(id, shard, token, n_events, status, error, output)
+), fenced AS (
+    SELECT c.* FROM changed c
+    JOIN shard_leases l ON l.shard = c.shard AND l.owner = $1 AND l.token = c.token
+                       AND l.expires_at > now()
 ), run AS (
-    UPDATE runs SET
-        last_seq = last_seq + cardinality($14::text[]),
-        status = coalesce($11::text, status),
-        error = CASE WHEN $11::text IS NULL THEN error ELSE $12::jsonb END,
-        output = coalesce($13::jsonb, output),
-        started_at = CASE WHEN $11::text = 'running' THEN coalesce(started_at, now())
-                          ELSE started_at END,
-        completed_at = CASE WHEN $11::text IN ('succeeded', 'failed', 'cancelled') THEN now()
-                            WHEN $11::text IS NOT NULL THEN NULL
-                            ELSE completed_at END,
+    UPDATE runs r SET
+        last_seq = r.last_seq + f.n_events,
+        status = coalesce(f.status, r.status),
+        error = CASE WHEN f.status IS NULL THEN r.error ELSE f.error END,
+        output = coalesce(f.output, r.output),
+        started_at = CASE WHEN f.status = 'running' THEN coalesce(r.started_at, now())
+                          ELSE r.started_at END,
+        completed_at = CASE WHEN f.status IN ('succeeded', 'failed', 'cancelled') THEN now()
+                            WHEN f.status IS NOT NULL THEN NULL
+                            ELSE r.completed_at END,
         updated_at = now()
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM lease)
-    RETURNING last_seq - cardinality($14::text[]) AS base_seq
-), changes AS (
-    SELECT * FROM unnest($5::text[], $6::text[], $7::int[], $8::jsonb[], $9::jsonb[],
-                         $10::timestamptz[]) AS c(step_id, status, attempt, output, error, wake_at)
+    FROM fenced f
+    WHERE r.id = f.id
+    RETURNING r.id, r.last_seq - f.n_events AS base_seq
 ), steps AS (
     INSERT INTO run_steps AS s (run_id, step_id, status, attempt, output, error, wake_at,
                                 started_at, completed_at)
-    SELECT $1, c.step_id, c.status, c.attempt, c.output, c.error, c.wake_at,
+    SELECT c.run_id, c.step_id, c.status, c.attempt, c.output, c.error, c.wake_at,
            CASE WHEN c.status IN ('running', 'succeeded', 'failed') THEN now() END,
            CASE WHEN c.status IN ('succeeded', 'failed', 'skipped', 'cancelled') THEN now() END
-    FROM changes c, run
+    FROM unnest($9::uuid[], $10::text[], $11::text[], $12::int[], $13::jsonb[], $14::jsonb[],
+                $15::timestamptz[]) AS c(run_id, step_id, status, attempt, output, error, wake_at)
+    JOIN run ON run.id = c.run_id
     ON CONFLICT (run_id, step_id) DO UPDATE SET
         status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
         error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
@@ -120,17 +131,21 @@ WITH lease AS (
         completed_at = EXCLUDED.completed_at
 ), attempts AS (
     INSERT INTO step_attempts (run_id, step_id, attempt, status, output, error)
-    SELECT $1, a.step_id, a.attempt, a.result, a.output, a.error
-    FROM run, unnest($19::text[], $20::int[], $21::text[], $22::jsonb[], $23::jsonb[])
-        AS a(step_id, attempt, result, output, error)
+    SELECT a.run_id, a.step_id, a.attempt, a.result, a.output, a.error
+    FROM unnest($24::uuid[], $25::text[], $26::int[], $27::text[], $28::jsonb[], $29::jsonb[])
+        AS a(run_id, step_id, attempt, result, output, error)
+    JOIN run ON run.id = a.run_id
     ON CONFLICT DO NOTHING
 ), events AS (
     INSERT INTO run_events (run_id, seq, event, step_id, data)
-    SELECT $1, run.base_seq + e.ord, e.event, e.step_id, e.data
-    FROM run, unnest($14::text[], $15::text[], $16::jsonb[])
-        WITH ORDINALITY AS e(event, step_id, data, ord)
+    SELECT e.run_id, run.base_seq + e.ord, e.event, e.step_id, e.data
+    FROM unnest($16::uuid[], $17::int[], $18::text[], $19::text[], $20::jsonb[])
+        AS e(run_id, ord, event, step_id, data)
+    JOIN run ON run.id = e.run_id
 ), commands AS (
-    UPDATE run_commands SET processed_at = now(), outcome = $18
-    WHERE id = ANY($17::bigint[]) AND EXISTS (SELECT 1 FROM run)
+    UPDATE run_commands rc SET processed_at = now(), outcome = d.outcome
+    FROM unnest($21::uuid[], $22::bigint[], $23::text[]) AS d(run_id, id, outcome)
+    JOIN run ON run.id = d.run_id
+    WHERE rc.id = d.id
 )
-SELECT base_seq FROM run;
+SELECT id, base_seq FROM run;
