@@ -13,11 +13,11 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -42,6 +42,7 @@ from runtime.keys import CONFIG, DB_POOL, STORAGE
 from runtime.sql import queries
 from runtime.storage.base import Storage, StorageError
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 1000
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
@@ -260,9 +261,9 @@ class BatchJobs:
         fmt, key = job.paths.data_format, job.paths.output_key
         path = await fetch_to_temp(self.storage, job.paths.input_key, self.work_dir, ".input")
         try:
-            reader = await asyncio.to_thread(open_input, fmt, path, model, classes)
+            reader = await _finished_thread(open_input, fmt, path, model, classes)
             with contextlib.closing(reader):
-                first = await asyncio.to_thread(reader.next_chunk)
+                first = await _finished_thread(reader.next_chunk)
                 output = self._output(job, reader, first, tally)
                 await self.storage.write(key, output, CONTENT_TYPES[fmt])
         finally:
@@ -273,18 +274,33 @@ class BatchJobs:
     ) -> AsyncIterator[bytes]:
         first = True
         while chunk is not None:
-            data, scored = await asyncio.to_thread(reader.score, chunk, first)
+            data, scored = await _finished_thread(reader.score, chunk, first)
             tally.add(chunk.numbers, scored)
             yield data
             progress = queries["update_batch_prediction_progress"]
             await self.pool.execute(progress, job.id, *tally.values())
             first = False
             try:
-                chunk = await asyncio.to_thread(reader.next_chunk)
+                chunk = await _finished_thread(reader.next_chunk)
             except Unreadable as exc:
                 # Ending the stream normally stores what was written: the rows done so far.
                 tally.error = f"{exc}; the output holds the {tally.rows_total} row(s) before it"
                 return
+
+
+async def _finished_thread(fn: Callable[..., T], *args: Any) -> T:
+    """`fn` in a worker thread; a cancelled caller still waits for the thread to finish.
+
+    The reader's parser must not be closed (or the input deleted) while a thread is inside
+    it: pandas' C parser crashes the process on a use after free.
+    """
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await work
+        raise
 
 
 def batch_jobs_of(app: web.Application) -> BatchJobs:

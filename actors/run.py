@@ -38,6 +38,17 @@ log = logging.getLogger(__name__)
 DEADLINE = "__deadline__"
 
 
+# A round planned and sent while the one before it commits: its transition, state, steps to
+# launch, whether it computed a pure step, and its commit.
+Ahead = tuple[Transition, RunState, list[tuple[str, int]], bool, "asyncio.Future[int | None]"]
+
+
+def _consume(future: asyncio.Future[int | None]) -> None:
+    """Mark an abandoned commit's outcome as seen (it is moot once its predecessor failed)."""
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass(frozen=True, slots=True)
 class Poke:
     """The run has news in the database (a start or a command): look."""
@@ -109,6 +120,8 @@ class RunActor(Actor):
         self.run: dict[str, Any] = {}
         self.run_state: RunState | None = None
         self.lease: Lease | None = None
+        # The run's last committed event seq: where a change sent ahead must find it.
+        self.seq = 0
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
 
@@ -121,6 +134,7 @@ class RunActor(Actor):
             self.stop()
             return
         self.run = dict(row)
+        self.seq = row["last_seq"]
         self.lease = self.services.lease_for(row["shard"])
         if self.lease is None:
             raise LeaseLost(f"shard {row['shard']} is not ours")
@@ -266,28 +280,49 @@ class RunActor(Actor):
     async def _commit(self, t: Transition, scratch: RunState) -> None:
         """Schedule what became ready, settle the run's status, persist, then act.
 
-        Steps computed inline (pure ones) are committed round by round: a step's result is
-        durable before any step that depends on it is committed, started or told to anyone.
-        While one round commits, the next round is planned on a copy of its state (pure
-        computation, nothing started, nobody told); a failed commit discards that plan.
+        Steps computed inline (pure ones) are committed round by round, each in its own
+        commit: a step's result is durable before anything is started or told from it.
+        While one round commits, the next is planned on a copy of its state (pure work:
+        nothing started, nobody told) and sent behind it: the database applies it only after
+        the first has committed and only if the run is exactly where that one left it.
+        Otherwise it is sent again, or dropped with the actor when the first failed.
         """
         launches, computed = await self._plan(t, scratch)
-        while t:
-            assert self.lease is not None  # noqa: S101
-            committed = self.services.writer.submit(self.run_id, self.lease, t)
+        committed = self._submit(t) if t else None
+        while committed is not None:
             ahead = None
             if computed and not scratch.terminal:
-                await asyncio.sleep(0)  # let the writer send this round before planning on
-                ahead_scratch, ahead_t = scratch.copy(), Transition()
-                ahead = (ahead_t, ahead_scratch, *await self._plan(ahead_t, ahead_scratch))
-            await committed
+                await asyncio.sleep(0)  # the writer sends this round before the next is planned
+                ahead = await self._plan_ahead(scratch, self.seq + len(t.events))
+            try:
+                base = await committed
+            except BaseException:
+                if ahead is not None:  # never applied: its predecessor did not commit
+                    ahead[-1].add_done_callback(_consume)
+                raise
+            if base is None:  # sent too early: its predecessor had not committed yet
+                base = await self._submit(t)
+            assert base is not None  # noqa: S101 - a change sent alone always applies
+            self.seq = base + len(t.events)
             await self._adopt(t, scratch, launches)
             if scratch.terminal:
                 await self._finish(t)
                 return
             if ahead is None:
                 return
-            t, scratch, launches, computed = ahead
+            t, scratch, launches, computed, committed = ahead
+
+    async def _plan_ahead(self, scratch: RunState, after_seq: int) -> Ahead | None:
+        """Plan the round after `scratch` on a copy and send it, to apply at `after_seq`."""
+        ahead_scratch, ahead_t = scratch.copy(), Transition()
+        launches, computed = await self._plan(ahead_t, ahead_scratch)
+        if not ahead_t:
+            return None
+        return ahead_t, ahead_scratch, launches, computed, self._submit(ahead_t, after_seq)
+
+    def _submit(self, t: Transition, after_seq: int | None = None) -> asyncio.Future[int | None]:
+        assert self.lease is not None  # noqa: S101 - set in on_start
+        return self.services.writer.submit(self.run_id, self.lease, t, after_seq)
 
     async def _plan(self, t: Transition, scratch: RunState) -> tuple[list[tuple[str, int]], bool]:
         """One round of scheduling, then the run's own status, added to `t` and `scratch`."""

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from actors.run_store import LeaseLost, RunChange, Transition, persist_many
 from runtime.shards import Lease
@@ -24,7 +26,7 @@ MAX_BATCH = 128
 # Two batches in flight: one is being executed while the next is encoded and sent.
 MAX_IN_FLIGHT = 2
 
-Waiter = tuple[RunChange, "asyncio.Future[int]"]
+Waiter = tuple[RunChange, "asyncio.Future[int | None]"]
 
 
 class RunWriter:
@@ -41,35 +43,76 @@ class RunWriter:
         self.max_in_flight = max_in_flight
         self._queue: list[Waiter] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        # Connections kept between batches, at most one per batch in flight.
+        self._idle: list[PoolConnectionProxy[Any]] = []
+        # Each run's most recent change still outstanding.
+        self._latest: dict[UUID, asyncio.Future[int | None]] = {}
         self.batches = 0
         self.changes = 0
 
-    async def persist(self, run_id: UUID, lease: Lease, t: Transition) -> int:
-        """Commit `t`; returns the seq before its first event. Raises LeaseLost when fenced."""
-        return await self.submit(run_id, lease, t)
-
-    def submit(self, run_id: UUID, lease: Lease, t: Transition) -> asyncio.Future[int]:
+    def submit(
+        self, run_id: UUID, lease: Lease, t: Transition, after_seq: int | None = None
+    ) -> asyncio.Future[int | None]:
         """Queue `t` for the next batch; the future holds its base seq once committed.
 
-        The caller must not submit a run again before its previous change has committed.
+        A run has at most two changes outstanding: one sent without `after_seq`, and the one
+        that follows it, given `after_seq` (the last_seq the first leaves behind) before the
+        first has committed. That second change never commits before the first (it waits on
+        the run row's lock) and applies only if the run is exactly there; otherwise it writes
+        nothing and its future holds None. Raises LeaseLost (through the future) when fenced.
         """
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._queue.append((RunChange(run_id, lease, t), future))
-        if len(self._flushers) < self.max_in_flight:
-            task = asyncio.create_task(self._flush(), name="runs:writer")
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+        future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        waiter = (RunChange(run_id, lease, t, after_seq), future)
+        before = self._latest.get(run_id)
+        self._latest[run_id] = future
+        future.add_done_callback(lambda done: self._forget(run_id, done))
+        if after_seq is None or before is None or before.done():
+            self._enqueue(waiter)
+        elif not self._queue and len(self._flushers) < self.max_in_flight:
+            # Idle: send it now, alone, to be applied the moment its predecessor commits.
+            # Alone, because a batch that locks one row can never be part of a lock cycle.
+            self._start(self._commit([waiter]))
+        else:
+            # Busy: batches already overlap; it goes in the first batch after its predecessor.
+            before.add_done_callback(lambda _: self._enqueue(waiter))
         return future
+
+    def _forget(self, run_id: UUID, future: asyncio.Future[int | None]) -> None:
+        if self._latest.get(run_id) is future:
+            del self._latest[run_id]
+
+    def _enqueue(self, waiter: Waiter) -> None:
+        self._queue.append(waiter)
+        if len(self._flushers) < self.max_in_flight:
+            self._start(self._flush())
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name="runs:writer")
+        self._flushers.add(task)
+        task.add_done_callback(self._flushers.discard)
 
     async def _flush(self) -> None:
         while self._queue:
-            batch = self._queue[: self.max_batch]
-            del self._queue[: self.max_batch]
-            await self._commit(batch)
+            await self._commit(self._take_batch())
+
+    def _take_batch(self) -> list[Waiter]:
+        """The oldest changes, one per run: a run's next change waits for a later batch."""
+        batch: list[Waiter] = []
+        runs: set[UUID] = set()
+        left: list[Waiter] = []
+        for waiter in self._queue:
+            run_id = waiter[0].run_id
+            if run_id in runs or len(batch) >= self.max_batch:
+                left.append(waiter)
+            else:
+                runs.add(run_id)
+                batch.append(waiter)
+        self._queue = left
+        return batch
 
     async def _commit(self, batch: list[Waiter]) -> None:
         try:
-            written = await persist_many(self.pool, [change for change, _ in batch])
+            written = await self._execute([change for change, _ in batch])
         except Exception as exc:  # the error belongs to the change that caused it
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
@@ -82,21 +125,34 @@ class RunWriter:
         self.batches += 1
         self.changes += len(batch)
         for change, future in batch:
-            base = written.get(change.run_id)
-            if base is None:
+            if change.run_id not in written:
                 lease = change.lease
                 _settle(
                     future, LeaseLost(f"lease on shard {lease.shard} lost (token {lease.token})")
                 )
             elif not future.done():
-                future.set_result(base)
+                future.set_result(written[change.run_id])
+
+    async def _execute(self, changes: list[RunChange]) -> dict[UUID, int | None]:
+        """One batch on a connection this writer keeps (no pool round per commit)."""
+        conn = self._idle.pop() if self._idle else await self.pool.acquire()
+        try:
+            written = await persist_many(conn, changes)
+        except BaseException:
+            # Back to the pool, which closes it if broken; the next batch takes a fresh one.
+            await self.pool.release(conn)
+            raise
+        self._idle.append(conn)
+        return written
 
     async def close(self) -> None:
         """Wait for the batches in flight (their actors are told, not left hanging)."""
         if self._flushers:
             await asyncio.gather(*self._flushers, return_exceptions=True)
+        while self._idle:
+            await self.pool.release(self._idle.pop())
 
 
-def _settle(future: asyncio.Future[int], exc: BaseException) -> None:
+def _settle(future: asyncio.Future[int | None], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

@@ -98,19 +98,12 @@ async def create_run(
         parent_attempt,
         created_by,
         schedule_id,
+        audit.principal.user_id if audit else None,
+        audit.request_id if audit else None,
+        {"workflow_id": str(workflow_id), "trigger": trigger_type},
     )
     if run is None:
         raise Conflict("this step attempt already started its child run")
-    if audit is not None:
-        await record_audit(
-            conn,
-            audit,
-            action="start",
-            entity_type="run",
-            entity_id=str(run_id),
-            owner_id=run["owner_id"],
-            changes={"workflow_id": str(workflow_id), "trigger": trigger_type},
-        )
     return StartedRun(run, workflow["definition"])
 
 

@@ -146,7 +146,8 @@ async def start(request: web.Request) -> web.Response:
     body = validated(request)
     wait_s = validated(request, "query").get("wait_s")
     principal = principal_of(request)
-    async with request.app[DB_POOL].acquire() as conn, conn.transaction():
+    # No transaction block: the run, its first event and its audit entry are one statement.
+    async with request.app[DB_POOL].acquire() as conn:
         started = await create_run(
             conn,
             _run_id(request),

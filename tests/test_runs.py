@@ -256,6 +256,13 @@ async def test_start_and_wait_for_the_end(client: Client, publish: Publish) -> N
     assert resp.status == 200
     run = (await resp.json())["data"]
     assert run["status"] == "succeeded" and run["output"] == {"t": {"ok": True}}
+    resp = await client.get(
+        f"/api/v1/audit-logs?entity_type=run&entity_id={run['id']}", headers=auth()
+    )
+    entries = (await resp.json())["data"]
+    assert [(e["action"], e["user_id"], e["changes"]) for e in entries] == [
+        ("start", "alice", {"workflow_id": wf["id"], "trigger": "api"})
+    ]
     slow = await publish([{"id": "nap", "type": "delay", "data": {"seconds": 5}}])
     resp = await client.post(
         f"/api/v1/workflows/{slow['id']}/run?wait_s=0.2", json={}, headers=auth()
