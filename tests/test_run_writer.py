@@ -1,0 +1,141 @@
+"""Group commit of run changes, against a real PostgreSQL and no app around it.
+
+What an actor relies on: its change commits in a shared transaction and it learns its own
+outcome; a change sent ahead of its predecessor's commit applies only after that commit, or
+not at all; a fenced-off or broken change fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from actors.run_store import LeaseLost, StepChange, Transition
+from actors.run_writer import RunWriter
+from runtime.db import create_pool
+from runtime.shards import Lease
+from runtime.sql import queries
+
+NODE = "writer-test"
+LEASE = Lease(shard=7, node_id=NODE, token=3)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    pool = await create_pool(database_url, min_size=1, max_size=6)
+    await pool.execute(
+        "UPDATE shard_leases SET owner = $1, token = $2, expires_at = now() + interval '1 hour'"
+        " WHERE shard = $3",
+        NODE,
+        LEASE.token,
+        LEASE.shard,
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def new_run(pool: asyncpg.Pool[Any]) -> uuid.UUID:
+    """A run row (and its workflow) on the leased shard, at last_seq 1."""
+    workflow_id, run_id = uuid.uuid4(), uuid.uuid4()
+    await pool.execute(
+        "INSERT INTO workflows (id, family_id, owner_id, name, workflow_type, definition,"
+        " status, version, created_by) VALUES ($1, $1, 'alice', 'w', 'general', '{}',"
+        " 'published', 1, 'alice')",
+        workflow_id,
+    )
+    args = [run_id, LEASE.shard, workflow_id, 1, "alice", "api", {}, *[None] * 5, "alice"]
+    await pool.fetchrow(queries["insert_run"], *args, None, None, None, None)
+    return run_id
+
+
+def step_done(step_id: str, output: Any = None) -> Transition:
+    t = Transition()
+    t.step(StepChange(step_id, "succeeded", 1, output=output), "step.succeeded", output=output)
+    return t
+
+
+async def events(pool: asyncpg.Pool[Any], run_id: uuid.UUID) -> list[tuple[int, str, str]]:
+    rows = await pool.fetch(
+        "SELECT seq, event, coalesce(step_id, '') AS step_id FROM run_events"
+        " WHERE run_id = $1 ORDER BY seq",
+        run_id,
+    )
+    return [(r["seq"], r["event"], r["step_id"]) for r in rows]
+
+
+async def test_changes_of_many_runs_share_one_transaction(pool: asyncpg.Pool[Any]) -> None:
+    runs = [await new_run(pool) for _ in range(20)]
+    writer = RunWriter(pool)
+    results = await asyncio.gather(
+        *(writer.submit(run_id, LEASE, step_done("a", {"n": i})) for i, run_id in enumerate(runs))
+    )
+    assert results == [1] * 20  # each run's first new event follows its run.created
+    assert writer.changes == 20 and writer.batches < 20
+    for i, run_id in enumerate(runs):
+        assert await events(pool, run_id) == [(1, "run.created", ""), (2, "step.succeeded", "a")]
+        output = await pool.fetchval(
+            "SELECT output FROM step_attempts WHERE run_id = $1 AND step_id = 'a'", run_id
+        )
+        assert output == {"n": i}
+    await writer.close()
+
+
+async def test_a_change_sent_ahead_applies_right_after_its_predecessor(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    run_id = await new_run(pool)
+    writer = RunWriter(pool)
+    for round_ in range(10):
+        seq = await pool.fetchval("SELECT last_seq FROM runs WHERE id = $1", run_id)
+        first = writer.submit(run_id, LEASE, step_done(f"a{round_}"))
+        await asyncio.sleep(0)  # sent
+        second = writer.submit(run_id, LEASE, step_done(f"b{round_}"), after_seq=seq + 1)
+        assert await first == seq
+        base = await second
+        if base is None:  # it reached the row before its predecessor did: nothing written
+            assert len(await events(pool, run_id)) == seq + 1
+            base = await writer.submit(run_id, LEASE, step_done(f"b{round_}"))
+        assert base == seq + 1
+    steps = [step for _, _, step in (await events(pool, run_id))[1:]]
+    assert steps == [s for r in range(10) for s in (f"a{r}", f"b{r}")]
+    await writer.close()
+
+
+async def test_a_change_that_does_not_find_its_predecessor_writes_nothing(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    run_id = await new_run(pool)
+    writer = RunWriter(pool)
+    # Its predecessor never committed: the run is still at seq 1, not 5.
+    assert await writer.submit(run_id, LEASE, step_done("late"), after_seq=5) is None
+    assert await events(pool, run_id) == [(1, "run.created", "")]
+    assert await pool.fetchval("SELECT count(*) FROM run_steps WHERE run_id = $1", run_id) == 0
+    assert await pool.fetchval("SELECT last_seq FROM runs WHERE id = $1", run_id) == 1
+    await writer.close()
+
+
+async def test_fenced_and_broken_changes_fail_alone(pool: asyncpg.Pool[Any]) -> None:
+    good, fenced, broken = [await new_run(pool) for _ in range(3)]
+    writer = RunWriter(pool)
+    stale = Lease(LEASE.shard, LEASE.node_id, LEASE.token - 1)
+    outcomes = await asyncio.gather(
+        writer.submit(good, LEASE, step_done("a", {"ok": True})),
+        writer.submit(fenced, stale, step_done("a")),
+        # PostgreSQL refuses a NUL character in JSON text.
+        writer.submit(broken, LEASE, step_done("a", {"bad": "\u0000"})),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == 1
+    assert isinstance(outcomes[1], LeaseLost)
+    assert isinstance(outcomes[2], asyncpg.PostgresError)
+    assert [e for _, e, _ in await events(pool, good)] == ["run.created", "step.succeeded"]
+    for run_id in (fenced, broken):
+        assert await events(pool, run_id) == [(1, "run.created", "")]
+    await writer.close()
