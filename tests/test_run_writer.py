@@ -50,7 +50,17 @@ async def new_run(pool: asyncpg.Pool[Any]) -> uuid.UUID:
         " 'published', 1, 'alice')",
         workflow_id,
     )
-    args = [run_id, LEASE.shard, workflow_id, 1, "alice", "api", {}, *[None] * 5, "alice"]
+    args: list[Any] = [
+        run_id,
+        LEASE.shard,
+        workflow_id,
+        1,
+        "alice",
+        "api",
+        {},
+        *[None] * 5,
+        "alice",
+    ]
     await pool.fetchrow(queries["insert_run"], *args, None, None, None, None)
     return run_id
 
