@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from typing import Any
 from uuid import UUID
 
@@ -43,6 +42,9 @@ class RunWriter:
         self.max_in_flight = max_in_flight
         self._queue: list[Waiter] = []
         self._flushers: set[asyncio.Task[None]] = set()
+        # Flushers still able to take from the queue. Counted down the moment one stops
+        # looking (not when its task is reaped), so no change is ever left without one.
+        self._active = 0
         # Connections kept between batches, at most one per batch in flight.
         self._idle: list[PoolConnectionProxy[Any]] = []
         # Each run's most recent change still outstanding.
@@ -68,10 +70,10 @@ class RunWriter:
         future.add_done_callback(lambda done: self._forget(run_id, done))
         if after_seq is None or before is None or before.done():
             self._enqueue(waiter)
-        elif not self._queue and len(self._flushers) < self.max_in_flight:
+        elif not self._queue and self._active < self.max_in_flight:
             # Idle: send it now, alone, to be applied the moment its predecessor commits.
             # Alone, because a batch that locks one row can never be part of a lock cycle.
-            self._start(self._commit([waiter]))
+            self._start([waiter])
         else:
             # Busy: batches already overlap; it goes in the first batch after its predecessor.
             before.add_done_callback(lambda _: self._enqueue(waiter))
@@ -83,17 +85,24 @@ class RunWriter:
 
     def _enqueue(self, waiter: Waiter) -> None:
         self._queue.append(waiter)
-        if len(self._flushers) < self.max_in_flight:
-            self._start(self._flush())
+        if self._active < self.max_in_flight:
+            self._start()
 
-    def _start(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work, name="runs:writer")
+    def _start(self, first: list[Waiter] | None = None) -> None:
+        self._active += 1
+        task = asyncio.create_task(self._flush(first), name="runs:writer")
         self._flushers.add(task)
         task.add_done_callback(self._flushers.discard)
 
-    async def _flush(self) -> None:
-        while self._queue:
-            await self._commit(self._take_batch())
+    async def _flush(self, first: list[Waiter] | None = None) -> None:
+        """Commit `first`, then batches until the queue is empty (every sender drains it)."""
+        try:
+            if first:
+                await self._commit(first)
+            while self._queue:
+                await self._commit(self._take_batch())
+        finally:
+            self._active -= 1
 
     def _take_batch(self) -> list[Waiter]:
         """The oldest changes, one per run: a run's next change waits for a later batch."""

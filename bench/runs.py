@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from bench.dbos_peer import PeerFigures
 
 T = TypeVar("T")
+SERVER_TEXT = {
+    "process": "from its own process (`stepwell serve`), called over HTTP on loopback",
+    "inline": "inline, in the benchmark's event loop, called over HTTP on loopback",
+}
 WATCH_TEXT = {
     "wait": "POST /run?wait_s= answering when the run ends",
     "poll": "polling GET /runs/{id}",
@@ -65,8 +69,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--step-type",
         choices=("transform", "delay"),
         default="transform",
-        help="Stepwell's step: transform (default; pure, its 10 results commit together) or "
-        "delay 0 s (an executed step: at least one commit per step)",
+        help="Stepwell's step: transform (default; pure, computed inline, one commit each) or "
+        "delay 0 s (executed as a task: a commit when it starts and one when it ends)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=("process", "inline"),
+        default="process",
+        help="where Stepwell serves: `stepwell serve` in its own process (default, as deployed) "
+        "or inline in the benchmark's event loop, sharing it with the client",
     )
     args = parser.parse_args(argv)
     if args.single_runs < 1 or args.concurrency < 1 or args.duration <= 0:
@@ -185,6 +196,7 @@ def measure_stepwell(url: str, args: argparse.Namespace) -> tuple[StepwellFigure
                 duration_s=args.duration,
                 watch=args.watch,
                 step_type=args.step_type,
+                serve_in=args.server,
             )
         ),
         lambda f: f.total_runs,
@@ -302,7 +314,8 @@ def describe(url: str, args: argparse.Namespace) -> str:
         f"PostgreSQL {version} ({where}); {os.cpu_count()} CPUs, load average {load:.2f}\n"
         f"single runs: {WARMUP_RUNS} warm-ups + {args.single_runs}, one at a time; "
         f"throughput: {args.concurrency} runs in flight for {args.duration:g} s "
-        f"(Stepwell sees ends by {WATCH_TEXT[args.watch]}); order: {order}"
+        f"(Stepwell sees ends by {WATCH_TEXT[args.watch]}); order: {order}\n"
+        f"Stepwell serves {SERVER_TEXT[args.server]}; the DBOS peer runs in-process (a library)"
     )
 
 
@@ -324,11 +337,13 @@ def run_all(args: argparse.Namespace) -> str:
     name = peer.name if peer else "DBOS (skipped)"
     rows = [m.cells() for m in metrics(sw, sw_cost, peer, peer_cost)]
     notes = (
-        f"Stepwell: {sw.runs} runs in the throughput phase. Single run: POST /run sent until "
-        "the run's WebSocket closed; server-side: completed_at - created_at.\n"
+        f"Stepwell: {sw.runs} runs in the throughput phase. Single run: POST /run?wait_s= sent "
+        "until its answer (the run has ended); server-side: completed_at - created_at.\n"
         f"Peer: {name}"
         + (f", {peer.workflows} workflows in the throughput phase." if peer else "")
-        + "\nwrite transactions and WAL: server-wide counters over each whole phase, per run."
+        + "\nwrite transactions and WAL: server-wide counters over each whole phase, per run. "
+        "Stepwell commits each step of a run in its own commit, but commits of different runs "
+        "share transactions (group commit), so it has fewer transactions than steps."
     )
     return f"{header}\n\n{render_table(rows)}\n\n{notes}"
 

@@ -1,7 +1,7 @@
 """The Stepwell side of the benchmark: a 10-step no-op workflow driven over real HTTP.
 
-The real application (`runtime.app.create_app`, every middleware and background task) serves on
-loopback in this process; a separate aiohttp client session starts runs with
+The real application (`stepwell serve`: every middleware and background task) serves on loopback
+in its own process (or, with `--server inline`, in this one); an aiohttp client starts runs with
 ``POST /api/v1/workflows/{id}/run`` and learns that they ended from ``/ws/runs/{id}`` (or by
 polling ``GET /api/v1/runs/{id}``), exactly as an outside caller would.
 """
@@ -9,12 +9,19 @@ polling ``GET /api/v1/runs/{id}``), exactly as an outside caller would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import socket
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -242,17 +249,82 @@ async def measure_throughput(
 
 
 @asynccontextmanager
-async def stepwell_client(database_url: str, concurrency: int) -> AsyncIterator[StepwellClient]:
-    """The real app on loopback and a client session for it; both closed on exit."""
+async def stepwell_client(
+    database_url: str, concurrency: int, server: str = "process"
+) -> AsyncIterator[StepwellClient]:
+    """A Stepwell server on loopback and a client session for it; both closed on exit.
+
+    `server="process"` runs `stepwell serve` in its own process, as it is deployed (callers
+    are other processes); `"inline"` serves the app from this process's event loop, where
+    the client's own work competes with the server's.
+    """
     config = Config(database_url=database_url, jwt_secret=JWT_SECRET, node_id="bench")
     token = mint_token(JWT_SECRET, USER, audience=config.jwt_audience)
     # Each in-flight run holds a keep-alive connection for its POST and one for its socket.
     connector = aiohttp.TCPConnector(limit=2 * concurrency + 8)
-    async with (
-        serve(create_app(config)) as base_url,
-        aiohttp.ClientSession(connector=connector) as session,
-    ):
+    serving = serve_process(database_url) if server == "process" else serve(create_app(config))
+    async with serving as base_url, aiohttp.ClientSession(connector=connector) as session:
         yield StepwellClient(session, base_url, token)
+
+
+@asynccontextmanager
+async def serve_process(database_url: str) -> AsyncIterator[str]:
+    """`stepwell serve` on a free loopback port in a child process; yield its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "STEPWELL_JWT_SECRET": JWT_SECRET,
+        "STEPWELL_NODE_ID": "bench",
+        # As the inline server: no access line per request (it would be measured too).
+        "STEPWELL_LOG_LEVEL": "warning",
+        "PORT": str(port),
+    }
+    with tempfile.TemporaryDirectory(prefix="stepwell-bench-serve-") as data_dir:
+        env["STEPWELL_DATA_DIR"] = data_dir
+        log = Path(data_dir) / "server.log"
+        with log.open("wb") as out:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "runtime.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                env=env,
+                stdout=out,
+                stderr=out,
+            )
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_ready(base_url, child, log)
+            yield base_url
+        finally:
+            if child.returncode is None:
+                child.send_signal(signal.SIGINT)  # aiohttp's graceful shutdown
+                try:
+                    await asyncio.wait_for(child.wait(), 30)
+                except TimeoutError:
+                    child.kill()
+                    await child.wait()
+
+
+async def _wait_ready(base_url: str, child: asyncio.subprocess.Process, log: Path) -> None:
+    """Poll /health/ready until the server answers 200 (60 s at most)."""
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if child.returncode is not None:
+                tail = await asyncio.to_thread(log.read_text)
+                raise BenchError(f"stepwell serve exited: {tail[-2000:]}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(base_url + "/health/ready") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise BenchError("stepwell serve did not become ready within 60 s")
 
 
 async def run_stepwell(
@@ -263,10 +335,11 @@ async def run_stepwell(
     duration_s: float = 10.0,
     watch: str = "wait",
     step_type: str = "transform",
+    serve_in: str = "process",
 ) -> StepwellFigures:
     """Measure Stepwell's single-run latency and throughput on a fresh database."""
     database_url = await recreate_database(server_url)
-    async with stepwell_client(database_url, concurrency) as client:
+    async with stepwell_client(database_url, concurrency, serve_in) as client:
         workflow_id = await client.publish_workflow(chain_definition(step_type=step_type))
         wall, server = await measure_single(client, workflow_id, single_runs)
         runs, elapsed = await measure_throughput(

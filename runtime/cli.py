@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         config = Config.from_env()
-        configure_logging(config.log_format)
+        configure_logging(
+            config.log_format, logging.getLevelNamesMapping()[config.log_level.upper()]
+        )
         if args.command == "serve":
             if args.dev:
                 config = replace(config, dev=True)

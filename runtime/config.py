@@ -50,6 +50,7 @@ class Config:
     port: int = 8080
     node_id: str = field(default_factory=lambda: f"node-{secrets.token_hex(4)}")
     log_format: str = "json"
+    log_level: str = "info"
     cors_origins: tuple[str, ...] = ()
     dev: bool = False
     lease_ttl_s: float = 15.0
@@ -65,6 +66,7 @@ class Config:
         log_format = env.get("STEPWELL_LOG_FORMAT", "json")
         if log_format not in ("json", "text"):
             raise ConfigError("STEPWELL_LOG_FORMAT must be 'json' or 'text'")
+        log_level = _choice(env, "STEPWELL_LOG_LEVEL", ("info", "warning", "error", "debug"))
         port_text = env.get("PORT", "8080")
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ConfigError(f"PORT must be a TCP port number, not {port_text!r}")
@@ -73,6 +75,7 @@ class Config:
         return cls(
             database_url=env.get("DATABASE_URL") or None,
             data_dir=Path(env.get("STEPWELL_DATA_DIR") or "var"),
+            log_level=log_level,
             jwt_secret=env.get("STEPWELL_JWT_SECRET") or None,
             jwt_audience=env.get("STEPWELL_JWT_AUDIENCE") or "authenticated",
             jwt_issuer=env.get("STEPWELL_JWT_ISSUER") or None,

@@ -73,6 +73,9 @@ def test_config_rejects_bad_values() -> None:
         Config.from_env({"PORT": "http"})
     with pytest.raises(ConfigError, match="STEPWELL_LOG_FORMAT"):
         Config.from_env({"STEPWELL_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigError, match="STEPWELL_LOG_LEVEL"):
+        Config.from_env({"STEPWELL_LOG_LEVEL": "loud"})
+    assert Config.from_env({"STEPWELL_LOG_LEVEL": "warning"}).log_level == "warning"
     with pytest.raises(ConfigError, match="32 bytes"):
         Config(jwt_secret="short").check_auth()
     config = Config.from_env({"STEPWELL_CORS_ORIGINS": "https://a.test, https://b.test"})

@@ -149,3 +149,28 @@ async def test_fenced_and_broken_changes_fail_alone(pool: asyncpg.Pool[Any]) -> 
     for run_id in (fenced, broken):
         assert await events(pool, run_id) == [(1, "run.created", "")]
     await writer.close()
+
+
+async def test_many_runs_sending_ahead_all_finish_in_order(pool: asyncpg.Pool[Any]) -> None:
+    """Changes sent ahead, parked behind busy batches and queued: none is ever left behind."""
+    runs = [await new_run(pool) for _ in range(24)]
+    writer = RunWriter(pool)
+
+    async def drive(run_id: uuid.UUID) -> None:
+        seq, pending = 1, writer.submit(run_id, LEASE, step_done("s0"))
+        for k in range(1, 12):
+            await asyncio.sleep(0)
+            ahead = writer.submit(run_id, LEASE, step_done(f"s{k}"), after_seq=seq + 1)
+            assert await pending == seq
+            seq += 1
+            pending = ahead
+            if await asyncio.shield(pending) is None:
+                pending = writer.submit(run_id, LEASE, step_done(f"s{k}"))
+        assert await pending == seq
+
+    async with asyncio.timeout(60):
+        await asyncio.gather(*(drive(run_id) for run_id in runs))
+    for run_id in runs:
+        steps = [step for _, _, step in (await events(pool, run_id))[1:]]
+        assert steps == [f"s{k}" for k in range(12)]
+    await writer.close()
