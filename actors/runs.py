@@ -7,6 +7,7 @@ Both only write; the caller commits, then asks the dispatcher to wake the run's 
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,11 +30,60 @@ def input_errors(schema: dict[str, Any] | None, run_input: Any) -> list[dict[str
     """Every way the input breaks the workflow's input schema."""
     if not schema:
         return []
-    validator = Draft202012Validator(schema)
+    return _errors(Draft202012Validator(schema), run_input)
+
+
+def _errors(validator: Draft202012Validator, run_input: Any) -> list[dict[str, str]]:
     return [
         {"path": "/" + "/".join(str(p) for p in e.absolute_path), "message": e.message}
         for e in sorted(validator.iter_errors(run_input), key=lambda e: list(e.absolute_path))
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class Runnable:
+    """A published workflow as its runs need it. Fixed once published: only its status can
+    change (to archived), and starting a run checks that in the database every time."""
+
+    owner_id: str
+    version: int
+    definition: dict[str, Any]
+    validator: Draft202012Validator | None
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> Runnable:
+        schema = row["input_schema"]
+        validator = Draft202012Validator(schema) if schema else None
+        return cls(row["owner_id"], row["version"], row["definition"], validator)
+
+    def input_errors(self, run_input: Any) -> list[dict[str, str]]:
+        return _errors(self.validator, run_input) if self.validator else []
+
+
+# Published workflows recently started by this process: a start then takes one round trip.
+_RUNNABLE: OrderedDict[UUID, Runnable] = OrderedDict()
+RUNNABLE_CACHE_SIZE = 1024
+
+
+async def _runnable(conn: Conn, workflow_id: UUID, owner: str | None) -> Runnable:
+    """The workflow to run, from this process's cache or the database (404/409 as due)."""
+    cached = _RUNNABLE.get(workflow_id)
+    if cached is not None and owner in (None, cached.owner_id):
+        _RUNNABLE.move_to_end(workflow_id)
+        return cached
+    workflow = await conn.fetchrow(queries["get_workflow"], workflow_id, owner)
+    if workflow is None:
+        raise NotFound(f"workflow {workflow_id} not found")
+    if workflow["status"] != WorkflowStatus.PUBLISHED:
+        _RUNNABLE.pop(workflow_id, None)
+        raise Conflict(
+            f"cannot run: workflow is {workflow['status']} (only published workflows run)",
+            {"status": workflow["status"]},
+        )
+    runnable = _RUNNABLE[workflow_id] = Runnable.of(workflow)
+    if len(_RUNNABLE) > RUNNABLE_CACHE_SIZE:
+        _RUNNABLE.popitem(last=False)
+    return runnable
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +117,8 @@ async def create_run(
     schedule_id: UUID | None = None,
 ) -> StartedRun:
     """Create a pending run of a published workflow, with the definition it runs."""
-    workflow = await conn.fetchrow(queries["get_workflow"], workflow_id, owner)
-    if workflow is None:
-        raise NotFound(f"workflow {workflow_id} not found")
-    if workflow["status"] != WorkflowStatus.PUBLISHED:
-        raise Conflict(
-            f"cannot run: workflow is {workflow['status']} (only published workflows run)",
-            {"status": workflow["status"]},
-        )
-    errors = input_errors(workflow["input_schema"], run_input)
+    workflow = await _runnable(conn, workflow_id, owner)
+    errors = workflow.input_errors(run_input)
     if errors:
         raise ValidationFailed(
             "run input does not match the workflow's input_schema", {"errors": errors}
@@ -87,11 +130,11 @@ async def create_run(
         run_id,
         shard_of(run_id),
         workflow_id,
-        workflow["version"],
-        workflow["owner_id"],
+        workflow.version,
+        workflow.owner_id,
         trigger_type,
         run_input,
-        timeout_s or workflow["definition"].get("timeout_s"),
+        timeout_s or workflow.definition.get("timeout_s"),
         scheduled_for,
         parent_id,
         parent_step,
@@ -103,8 +146,11 @@ async def create_run(
         {"workflow_id": str(workflow_id), "trigger": trigger_type},
     )
     if run is None:
+        if workflow_id in _RUNNABLE:  # archived meanwhile? Read it again to say so.
+            del _RUNNABLE[workflow_id]
+            await _runnable(conn, workflow_id, owner)
         raise Conflict("this step attempt already started its child run")
-    return StartedRun(run, workflow["definition"])
+    return StartedRun(run, workflow.definition)
 
 
 # command kind -> run statuses it is accepted in

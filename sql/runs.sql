@@ -4,12 +4,14 @@
 -- $13 created_by, $14 schedule_id, $15 audit user (NULL: no audit entry), $16 audit request id,
 -- $17 audit changes. The run row is the durable start command; its first event says so, and
 -- its audit entry is written by the same statement (one round trip, one transaction).
--- Returns no row when the parent's step attempt already has its child run.
+-- Returns no row when the workflow is no longer published (the caller read it before), or
+-- when the parent's step attempt already has its child run.
 WITH run AS (
     INSERT INTO runs (id, shard, workflow_id, workflow_version, owner_id, trigger_type, input,
                       timeout_s, scheduled_for, parent_run_id, parent_step_id, parent_attempt,
                       created_by, schedule_id, last_seq)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1
+    WHERE EXISTS (SELECT 1 FROM workflows WHERE id = $3 AND status = 'published')
     ON CONFLICT DO NOTHING
     RETURNING *
 ), created AS (
