@@ -9,6 +9,7 @@ parents); a step whose edges are all dead is skipped, and the skip flows downstr
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -96,6 +97,24 @@ def build_graph(definition: Mapping[str, Any]) -> Graph:
         {k: tuple(v) for k, v in incoming.items()},
         {k: tuple(v) for k, v in outgoing.items()},
     )
+
+
+# Graphs of recently run workflows: a workflow's definition never changes once published (a
+# new version is a new workflow), so runs of one workflow share its graph.
+_GRAPHS: OrderedDict[Any, Graph] = OrderedDict()
+GRAPH_CACHE_SIZE = 1024
+
+
+def graph_of(workflow_id: Any, definition: Mapping[str, Any]) -> Graph:
+    """The graph of a published workflow's definition, built once per process."""
+    graph = _GRAPHS.get(workflow_id)
+    if graph is None:
+        graph = _GRAPHS[workflow_id] = build_graph(definition)
+        if len(_GRAPHS) > GRAPH_CACHE_SIZE:
+            _GRAPHS.popitem(last=False)
+    else:
+        _GRAPHS.move_to_end(workflow_id)
+    return graph
 
 
 def _edge_state(edge: Edge, statuses: Mapping[str, StepStatus], outputs: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from actors.graph import Graph, StepStatus, build_graph
+from actors.graph import Graph, StepStatus, graph_of
 from actors.run_store import StepChange, Transition
 
 TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled"})
@@ -29,7 +29,8 @@ class RunState:
 
     @classmethod
     def load(cls, run: Mapping[str, Any], steps: list[Mapping[str, Any]]) -> RunState:
-        state = cls(build_graph(run["definition"]), run["status"], run["input"])
+        graph = graph_of(run["workflow_id"], run["definition"])
+        state = cls(graph, run["status"], run["input"])
         for node_id in state.graph.nodes:
             state.statuses[node_id] = StepStatus.PENDING
             state.attempts[node_id] = 0
