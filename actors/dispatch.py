@@ -25,7 +25,8 @@ from actors.cron import CronActor
 from actors.ml_operations import OPERATIONS
 from actors.model_cache import ModelCache
 from actors.registry import ActorRegistry
-from actors.run import Poke, RunActor
+from actors.run import RunActor
+from actors.run_messages import Poke
 from actors.run_store import LeaseLost, Transition, persist
 from actors.run_writer import RunWriter
 from actors.runs import start_run

@@ -12,25 +12,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
-
-import aiohttp
-import asyncpg
 
 from actors import commands
 from actors.base import Actor, ActorStopped, MailboxFull
 from actors.graph import StepStatus, next_steps
+from actors.run_messages import Poke, RunServices, StepFinished, TimerFired
 from actors.run_state import TERMINAL_RUN, RunState
 from actors.run_store import Event, LeaseLost, StepChange, Transition
-from actors.run_writer import RunWriter
 from actors.step_platform import RunStepPlatform
 from actors.steps import EXECUTORS, PURE_STEPS, delay
 from actors.steps.context import StepContext, StepFailed, Wait
 from actors.templates import TemplateError, render
-from runtime.bus import EventBus
 from runtime.shards import Lease
 from runtime.sql import queries
 
@@ -47,62 +42,6 @@ def _consume(future: asyncio.Future[int | None]) -> None:
     """Mark an abandoned commit's outcome as seen (it is moot once its predecessor failed)."""
     if not future.cancelled():
         future.exception()
-
-
-@dataclass(frozen=True, slots=True)
-class Poke:
-    """The run has news in the database (a start or a command): look."""
-
-
-@dataclass(frozen=True, slots=True)
-class StepFinished:
-    step_id: str
-    attempt: int
-    output: Any = None
-    error: StepFailed | None = None
-    wait: Wait | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TimerFired:
-    key: str
-    attempt: int
-
-
-class RunServices(Protocol):
-    """What a run actor needs from the process around it."""
-
-    pool: asyncpg.Pool[Any]
-    http: aiohttp.ClientSession
-    bus: EventBus
-    writer: RunWriter
-
-    def lease_for(self, shard: int) -> Lease | None: ...
-
-    async def start_child(
-        self,
-        parent: Mapping[str, Any],
-        step_id: str,
-        attempt: int,
-        workflow_id: UUID,
-        run_input: Mapping[str, Any],
-    ) -> UUID: ...
-
-    async def child_finished(self, run: Mapping[str, Any]) -> None: ...
-
-    def run_ended(self, status: str) -> None: ...
-
-    async def start_training(
-        self, run: Mapping[str, Any], step_id: str, attempt: int, request: Mapping[str, Any]
-    ) -> UUID: ...
-
-    async def step_operation(
-        self, run: Mapping[str, Any], operation: str, config: Mapping[str, Any]
-    ) -> Any: ...
-
-    async def check_training(self, run: Mapping[str, Any], step_id: str, attempt: int) -> None: ...
-
-    async def cancel_training(self, run_id: UUID, step_id: str, attempt: int) -> None: ...
 
 
 class RunActor(Actor):
