@@ -83,9 +83,14 @@ def percentile(samples: list[float], fraction: float) -> float:
 
 
 def measure_single(runs: int) -> list[float]:
-    """Run `runs` workflows one after another; return each one's wall time in ms."""
+    """Warm up, then run `runs` workflows one after another; return each one's wall ms."""
     for _ in range(WARMUP_RUNS):
         noop_workflow()
+    return time_runs(runs)
+
+
+def time_runs(runs: int) -> list[float]:
+    """Run `runs` workflows one after another; return each one's wall time in ms."""
     timings: list[float] = []
     for _ in range(runs):
         # A direct call is DBOS's ordinary synchronous way: it runs the workflow durably in
@@ -132,6 +137,29 @@ def dbos_config(database_url: str, concurrency: int) -> DBOSConfig:
     }
 
 
+@contextmanager
+def launched(database_url: str, concurrency: int) -> Iterator[None]:
+    """DBOS launched on a fresh system database beside `database_url`; destroyed on exit."""
+    recreate_database(database_url)
+    DBOS(config=dbos_config(database_url, concurrency))
+    try:
+        DBOS.launch()
+        yield
+    finally:
+        DBOS.destroy()
+
+
+def figures(timings: list[float], workflows: int, elapsed: float) -> PeerFigures:
+    """Single-run timings and a throughput phase's count and seconds, as PeerFigures."""
+    return PeerFigures(
+        name=f"DBOS Transact {version('dbos')}",
+        single_p50_ms=statistics.median(timings),
+        single_p95_ms=percentile(timings, 0.95),
+        steps_per_s=workflows * STEPS_PER_WORKFLOW / elapsed,
+        workflows=workflows,
+    )
+
+
 def run_dbos(
     database_url: str,
     *,
@@ -140,21 +168,10 @@ def run_dbos(
     duration_s: float = 10.0,
 ) -> PeerFigures:
     """Measure DBOS Transact's single-workflow latency and throughput on `database_url`."""
-    recreate_database(database_url)
-    DBOS(config=dbos_config(database_url, concurrency))
-    try:
-        DBOS.launch()
+    with launched(database_url, concurrency):
         timings = measure_single(single_runs)
         workflows, elapsed = measure_throughput(concurrency, duration_s)
-    finally:
-        DBOS.destroy()
-    return PeerFigures(
-        name=f"DBOS Transact {version('dbos')}",
-        single_p50_ms=statistics.median(timings),
-        single_p95_ms=percentile(timings, 0.95),
-        steps_per_s=workflows * STEPS_PER_WORKFLOW / elapsed,
-        workflows=workflows,
-    )
+    return figures(timings, workflows, elapsed)
 
 
 @contextmanager

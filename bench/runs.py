@@ -31,15 +31,22 @@ from bench.stepwell_runner import (
     WARMUP_RUNS,
     WATCH_MODES,
     BenchError,
+    StepwellClient,
     StepwellFigures,
+    measure_throughput,
     run_stepwell,
+    stepwell_session,
+    time_runs,
 )
+from bench.stepwell_runner import figures as stepwell_figures
 from runtime.db import embedded_database_url
 
 if TYPE_CHECKING:
     from bench.dbos_peer import PeerFigures
 
 T = TypeVar("T")
+# Single runs alternate between the peers in this many blocks.
+BLOCKS = 10
 SERVER_TEXT = {
     "process": "from its own process (`stepwell serve`), called over HTTP on loopback",
     "inline": "inline, in the benchmark's event loop, called over HTTP on loopback",
@@ -203,26 +210,6 @@ def measure_stepwell(url: str, args: argparse.Namespace) -> tuple[StepwellFigure
     )
 
 
-def measure_dbos(url: str, args: argparse.Namespace) -> tuple[PeerFigures, WriteCost]:
-    """The DBOS phase, run outside any event loop (DBOS is synchronous)."""
-    from bench import dbos_peer  # imports dbos (about 1 s), so only when it is measured
-
-    def total(f: PeerFigures) -> int:
-        """Every workflow the phase ran: warm-ups, single runs and throughput."""
-        return dbos_peer.WARMUP_RUNS + int(args.single_runs) + f.workflows
-
-    return counted(
-        url,
-        lambda: dbos_peer.run_dbos(
-            url,
-            single_runs=args.single_runs,
-            concurrency=args.concurrency,
-            duration_s=args.duration,
-        ),
-        total,
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Metric:
     """One line of the table: Stepwell's figure, DBOS's (None: not measured), and a target."""
@@ -306,7 +293,11 @@ def describe(url: str, args: argparse.Namespace) -> str:
     """What was measured, on what: printed above the table."""
     where = "DATABASE_URL" if os.environ.get("DATABASE_URL") else "embedded PostgreSQL"
     version = asyncio.run(_server_version(url))
-    order = "Stepwell only" if args.skip_dbos else "Stepwell, then DBOS"
+    order = (
+        "Stepwell only"
+        if args.skip_dbos
+        else f"single runs alternate in {BLOCKS} blocks, throughput Stepwell then DBOS"
+    )
     # Other work on the machine skews both peers; the load average makes that visible.
     load = os.getloadavg()[0]
     return (
@@ -328,12 +319,72 @@ async def _server_version(url: str) -> str:
         await conn.close()
 
 
+async def measure_interleaved(
+    url: str, args: argparse.Namespace
+) -> tuple[StepwellFigures, WriteCost, PeerFigures, WriteCost]:
+    """Both peers up at once: single runs alternate in blocks, so both see the same machine.
+
+    Machines drift (other tenants, turbo, caches) on a scale of seconds; timing one peer
+    after the other can favour either. Throughput phases still run one after the other
+    (each saturates the machine); their writes are counted per run of that phase.
+    """
+    from bench import dbos_peer  # imports dbos (about 1 s), so only when it is measured
+
+    blocks = max(1, min(BLOCKS, args.single_runs))
+    per_block = [
+        args.single_runs // blocks + (i < args.single_runs % blocks) for i in range(blocks)
+    ]
+    session = stepwell_session(url, args.concurrency, args.step_type, args.server)
+    async with session as (client, workflow_id):
+        with dbos_peer.launched(url, args.concurrency):
+            await client_warm_up(client, workflow_id)
+            await asyncio.to_thread(dbos_peer.time_runs, dbos_peer.WARMUP_RUNS)
+            wall: list[float] = []
+            server: list[float] = []
+            peer_timings: list[float] = []
+            for n in per_block:
+                block_wall, block_server = await time_runs(client, workflow_id, n)
+                wall += block_wall
+                server += block_server
+                peer_timings += await asyncio.to_thread(dbos_peer.time_runs, n)
+            await _checkpoint(url)
+            before = await _counters(url)
+            runs, elapsed = await measure_throughput(
+                client, workflow_id, args.concurrency, args.duration, args.watch
+            )
+            sw_cost = cost_since(before, await _counters(url), runs)
+            await _checkpoint(url)
+            before = await _counters(url)
+            workflows, peer_elapsed = await asyncio.to_thread(
+                dbos_peer.measure_throughput, args.concurrency, args.duration
+            )
+            peer_cost = cost_since(before, await _counters(url), workflows)
+    total = WARMUP_RUNS + args.single_runs + runs
+    sw = stepwell_figures(wall, server, runs, elapsed, total, args.watch)
+    return sw, sw_cost, dbos_peer.figures(peer_timings, workflows, peer_elapsed), peer_cost
+
+
+async def client_warm_up(client: StepwellClient, workflow_id: str) -> None:
+    for _ in range(WARMUP_RUNS):
+        await client.run_once(workflow_id)
+
+
+def cost_since(before: tuple[int, int], after: tuple[int, int], runs: int) -> WriteCost:
+    """Write transactions and WAL kB per run between two counter readings."""
+    n = max(1, runs)
+    return WriteCost((after[0] - before[0]) / n, (after[1] - before[1]) / 1024 / n)
+
+
 def run_all(args: argparse.Namespace) -> str:
-    """Both phases on one server; returns the report to print."""
+    """Both peers on one server; returns the report to print."""
     with postgres_server() as url:
         header = describe(url, args)
-        sw, sw_cost = measure_stepwell(url, args)
-        peer, peer_cost = (None, None) if args.skip_dbos else measure_dbos(url, args)
+        peer: PeerFigures | None = None
+        peer_cost: WriteCost | None = None
+        if args.skip_dbos:
+            sw, sw_cost = measure_stepwell(url, args)
+        else:
+            sw, sw_cost, peer, peer_cost = asyncio.run(measure_interleaved(url, args))
     name = peer.name if peer else "DBOS (skipped)"
     rows = [m.cells() for m in metrics(sw, sw_cost, peer, peer_cost)]
     notes = (
@@ -341,7 +392,8 @@ def run_all(args: argparse.Namespace) -> str:
         "until its answer (the run has ended); server-side: completed_at - created_at.\n"
         f"Peer: {name}"
         + (f", {peer.workflows} workflows in the throughput phase." if peer else "")
-        + "\nwrite transactions and WAL: server-wide counters over each whole phase, per run. "
+        + "\nwrite transactions and WAL: server-wide counters over each throughput phase (over the "
+        "whole run with --skip-dbos), per run. "
         "Stepwell commits each step of a run in its own commit, but commits of different runs "
         "share transactions (group commit), so it has fewer transactions than steps."
     )

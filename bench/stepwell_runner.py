@@ -214,6 +214,13 @@ async def measure_single(
     """Warm up, then run `runs` runs one after another; return client and server ms of each."""
     for _ in range(WARMUP_RUNS):
         await client.run_once(workflow_id)
+    return await time_runs(client, workflow_id, runs)
+
+
+async def time_runs(
+    client: StepwellClient, workflow_id: str, runs: int
+) -> tuple[list[float], list[float]]:
+    """Run `runs` runs one after another; return the client and server ms of each."""
     wall: list[float] = []
     server: list[float] = []
     for _ in range(runs):
@@ -327,6 +334,34 @@ async def _wait_ready(base_url: str, child: asyncio.subprocess.Process, log: Pat
     raise BenchError("stepwell serve did not become ready within 60 s")
 
 
+@asynccontextmanager
+async def stepwell_session(
+    server_url: str, concurrency: int, step_type: str, serve_in: str
+) -> AsyncIterator[tuple[StepwellClient, str]]:
+    """A fresh database, a server and a client, and the published workflow's id."""
+    database_url = await recreate_database(server_url)
+    async with stepwell_client(database_url, concurrency, serve_in) as client:
+        workflow_id = await client.publish_workflow(chain_definition(step_type=step_type))
+        yield client, workflow_id
+
+
+def figures(
+    wall: list[float], server: list[float], runs: int, elapsed: float, total: int, watch: str
+) -> StepwellFigures:
+    """Single-run timings and a throughput phase's result, as StepwellFigures."""
+    return StepwellFigures(
+        single_p50_ms=statistics.median(wall),
+        single_p95_ms=percentile(wall, 0.95),
+        server_p50_ms=statistics.median(server),
+        server_p95_ms=percentile(server, 0.95),
+        steps_per_s=runs * STEPS_PER_RUN / elapsed,
+        runs_per_s=runs / elapsed,
+        runs=runs,
+        total_runs=total,
+        watch=watch,
+    )
+
+
 async def run_stepwell(
     server_url: str,
     *,
@@ -338,21 +373,8 @@ async def run_stepwell(
     serve_in: str = "process",
 ) -> StepwellFigures:
     """Measure Stepwell's single-run latency and throughput on a fresh database."""
-    database_url = await recreate_database(server_url)
-    async with stepwell_client(database_url, concurrency, serve_in) as client:
-        workflow_id = await client.publish_workflow(chain_definition(step_type=step_type))
-        wall, server = await measure_single(client, workflow_id, single_runs)
-        runs, elapsed = await measure_throughput(
-            client, workflow_id, concurrency, duration_s, watch
-        )
-    return StepwellFigures(
-        single_p50_ms=statistics.median(wall),
-        single_p95_ms=percentile(wall, 0.95),
-        server_p50_ms=statistics.median(server),
-        server_p95_ms=percentile(server, 0.95),
-        steps_per_s=runs * STEPS_PER_RUN / elapsed,
-        runs_per_s=runs / elapsed,
-        runs=runs,
-        total_runs=WARMUP_RUNS + single_runs + runs,
-        watch=watch,
-    )
+    async with stepwell_session(server_url, concurrency, step_type, serve_in) as (client, wf):
+        wall, server = await measure_single(client, wf, single_runs)
+        runs, elapsed = await measure_throughput(client, wf, concurrency, duration_s, watch)
+    total = WARMUP_RUNS + single_runs + runs
+    return figures(wall, server, runs, elapsed, total, watch)
