@@ -1,9 +1,9 @@
 """RunActor: owns one run's state machine and executes its steps.
 
-Every change goes through `_commit`: plan it on a copy of the state, persist it in one
-statement (fenced by the shard lease), then adopt the copy, start tasks and timers, and ring
-the bus. Steps run as tasks owned by the actor and report back by message, so the state is only
-ever touched by one message at a time.
+Every change goes through `_commit`: plan it on a copy of the state, have the process's
+`RunWriter` commit it (one fenced statement, shared with other runs' changes), then adopt the
+copy, start tasks and timers, and ring the bus. Steps run as tasks owned by the actor and
+report back by message, so the state is only ever touched by one message at a time.
 """
 
 from __future__ import annotations

@@ -128,6 +128,9 @@ class RunWriter:
                 return
             # One bad change (say an output PostgreSQL refuses) must not fail the others:
             # commit each alone so every actor gets its own outcome.
+            log.warning(
+                "a batch of %d run changes failed (%s); committing each alone", len(batch), exc
+            )
             for waiter in batch:
                 await self._commit([waiter])
             return
