@@ -7,12 +7,13 @@ from typing import Any
 
 from handlers.common import jsonable, record_json
 
-_INTERNAL = ("total", "shard", "definition")
+_INTERNAL = ("total", "shard", "definition", "steps")
 _LEVELS = {"failed": "error", "retrying": "warning", "cancelled": "warning"}
 
 
-def run_detail(run: Mapping[str, Any], steps: list[Any]) -> dict[str, Any]:
-    """A run with its context ({input, steps}) and a step id → status map."""
+def run_detail(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run (a `get_run_detail` row) with its context ({input, steps}) and step statuses."""
+    steps = run["steps"]
     context = {
         "input": run["input"],
         "steps": {s["step_id"]: {"output": s["output"], "status": s["status"]} for s in steps},

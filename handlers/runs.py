@@ -183,16 +183,15 @@ async def _started_and_waited(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(left, 0)):
                         await actor.stopped.wait()
-            run = await pool.fetchrow(queries["get_run"], run_id, None)
+            run = await pool.fetchrow(queries["get_run_detail"], run_id, None)
             assert run is not None  # noqa: S101 - created above; runs are never deleted
             left = deadline - asyncio.get_running_loop().time()
             if run["status"] in TERMINAL or left <= 0:
                 break
             await sub.wait(min(left, 1.0))
     if run["status"] not in TERMINAL:
-        return ok(record_json(run), status=202)
-    steps = await pool.fetch(queries["list_run_steps"], run_id)
-    return ok(run_detail(run, steps))
+        return ok(record_json(run, skip=("steps",)), status=202)
+    return ok(run_detail(run))
 
 
 @docs(tags=TAGS, summary="List runs", responses=error_responses(401, 422))
@@ -212,9 +211,12 @@ async def list_runs(request: web.Request) -> web.Response:
 @match_info_schema(RunPathSchema, put_into="path")
 @response_schema(RunResponse, 200)
 async def get_run(request: web.Request) -> web.Response:
-    run = await _owned_run(request)
-    steps = await request.app[DB_POOL].fetch(queries["list_run_steps"], run["id"])
-    return ok(run_detail(run, steps))
+    run = await request.app[DB_POOL].fetchrow(
+        queries["get_run_detail"], _run_id(request), principal_of(request).owner_filter
+    )
+    if run is None:
+        raise NotFound(f"run {_run_id(request)} not found")
+    return ok(run_detail(run))
 
 
 @docs(

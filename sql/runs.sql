@@ -35,6 +35,18 @@ WHERE parent_run_id = $1 AND parent_step_id = $2 AND parent_attempt = $3;
 -- $1 id, $2 owner_id (NULL: any owner)
 SELECT * FROM runs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2);
 
+-- name: get_run_detail
+-- $1 id, $2 owner_id (NULL: any owner). The run with its steps (id, status, output, in the order
+-- of list_run_steps) as a JSON array: one statement, so both describe the same moment.
+SELECT r.*,
+       coalesce(jsonb_agg(jsonb_build_object('step_id', s.step_id, 'status', s.status,
+                                             'output', s.output)
+                          ORDER BY s.started_at NULLS LAST, s.step_id)
+                FILTER (WHERE s.step_id IS NOT NULL), '[]') AS steps
+FROM runs r LEFT JOIN run_steps s ON s.run_id = r.id
+WHERE r.id = $1 AND ($2::text IS NULL OR r.owner_id = $2)
+GROUP BY r.id;
+
 -- name: get_run_for_actor
 -- $1 id
 SELECT r.*, w.definition FROM runs r JOIN workflows w ON w.id = r.workflow_id WHERE r.id = $1;
