@@ -33,9 +33,11 @@ log = logging.getLogger(__name__)
 DEADLINE = "__deadline__"
 
 
-# A round planned and sent while the one before it commits: its transition, state, steps to
-# launch, whether it computed a pure step, and its commit.
-Ahead = tuple[Transition, RunState, list[tuple[str, int]], bool, "asyncio.Future[int | None]"]
+# A round of the state machine: its transition, the state it leads to, and the steps to launch
+# once it is committed.
+Round = tuple[Transition, RunState, list[tuple[str, int]]]
+# Pure rounds planned ahead at most (a chain of pure steps longer than this is sent in parts).
+MAX_ROUNDS = 64
 
 
 def _consume(future: asyncio.Future[int | None]) -> None:
@@ -219,27 +221,42 @@ class RunActor(Actor):
     async def _commit(self, t: Transition, scratch: RunState) -> None:
         """Schedule what became ready, settle the run's status, persist, then act.
 
-        Steps computed inline (pure ones) are committed round by round, each in its own
-        commit: a step's result is durable before anything is started or told from it.
-        While one round commits, the next is planned on a copy of its state (pure work:
-        nothing started, nobody told) and sent behind it: the database applies it only after
-        the first has committed and only if the run is exactly where that one left it.
-        Otherwise it is sent again, or dropped with the actor when the first failed.
+        Steps computed inline (pure ones) are committed round by round, each round in its own
+        commit: a step's result is durable before anything is started or told from it. The
+        pure rounds that follow are planned at once, each on a copy of the state before it
+        (pure work: nothing started, nobody told), and handed to the writer together: it
+        commits them in order, each in its own transaction, and applies a round only where
+        the one before it left the run. The actor then adopts them one by one.
         """
         launches, computed = await self._plan(t, scratch)
-        committed = self._submit(t) if t else None
-        while committed is not None:
-            ahead = None
-            if computed and not scratch.terminal:
-                await asyncio.sleep(0)  # the writer sends this round before the next is planned
-                ahead = await self._plan_ahead(scratch, self.seq + len(t.events))
+        if not t:
+            return
+        rounds: list[Round] = [(t, scratch, launches)]
+        while computed and not launches and not scratch.terminal and len(rounds) < MAX_ROUNDS:
+            scratch, t = scratch.copy(), Transition()
+            launches, computed = await self._plan(t, scratch)
+            if not t:
+                break
+            rounds.append((t, scratch, launches))
+        after: list[int | None] = [None]
+        seq = self.seq
+        for previous, _, _ in rounds[:-1]:
+            seq += len(previous.events)
+            after.append(seq)
+        assert self.lease is not None  # noqa: S101 - set in on_start
+        commits = self.services.writer.submit_rounds(
+            self.run_id, self.lease, [r[0] for r in rounds], after
+        )
+        for index, ((t, scratch, launches), committed) in enumerate(
+            zip(rounds, commits, strict=True)
+        ):
             try:
                 base = await committed
             except BaseException:
-                if ahead is not None:  # never applied: its predecessor did not commit
-                    ahead[-1].add_done_callback(_consume)
+                for later in commits[index + 1 :]:  # never applied: a predecessor did not
+                    later.add_done_callback(_consume)
                 raise
-            if base is None:  # sent too early: its predecessor had not committed yet
+            if base is None:  # sent before its predecessor had committed: send it again
                 base = await self._submit(t)
             assert base is not None  # noqa: S101 - a change sent alone always applies
             self.seq = base + len(t.events)
@@ -247,17 +264,6 @@ class RunActor(Actor):
             if scratch.terminal:
                 await self._finish(t)
                 return
-            if ahead is None:
-                return
-            t, scratch, launches, computed, committed = ahead
-
-    async def _plan_ahead(self, scratch: RunState, after_seq: int) -> Ahead | None:
-        """Plan the round after `scratch` on a copy and send it, to apply at `after_seq`."""
-        ahead_scratch, ahead_t = scratch.copy(), Transition()
-        launches, computed = await self._plan(ahead_t, ahead_scratch)
-        if not ahead_t:
-            return None
-        return ahead_t, ahead_scratch, launches, computed, self._submit(ahead_t, after_seq)
 
     def _submit(self, t: Transition, after_seq: int | None = None) -> asyncio.Future[int | None]:
         assert self.lease is not None  # noqa: S101 - set in on_start

@@ -89,6 +89,31 @@ async def persist_many(
     Returns, for each run within its lease, the seq before its first new event, or None when
     a change with `after_seq` did not find the run there; a run left out was fenced off.
     """
+    rows = await conn.fetch(
+        queries["persist_run_changes"], changes[0].lease.node_id, _document(changes)
+    )
+    return {row["id"]: row["base_seq"] for row in rows}
+
+
+async def commit_rounds(conn: Conn, changes: list[RunChange]) -> list[int | None]:
+    """Commit one run's rounds one after another, each in its own transaction, in one call.
+
+    Returns each round's base seq, or None for a round that did not apply and for every round
+    after it. Raises LeaseLost when the run's lease is gone.
+    """
+    rounds = [_document([change]) for change in changes]
+    row = await conn.fetchrow(queries["commit_run_rounds"], changes[0].lease.node_id, rounds)
+    assert row is not None  # noqa: S101 - a CALL with an INOUT parameter returns one row
+    results: list[dict[str, Any]] = row["results"]
+    if results and results[-1].get("fenced"):
+        lease = changes[0].lease
+        raise LeaseLost(f"lease on shard {lease.shard} lost (token {lease.token})")
+    bases: list[int | None] = [r["base_seq"] for r in results]
+    return bases + [None] * (len(changes) - len(bases))
+
+
+def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
+    """The changes as the one JSON document the change statement reads."""
     # One JSON document instead of thirty arrays: encoded once by the JSON encoder, where
     # arrays of JSON values would be encoded element by element.
     doc: dict[str, list[dict[str, Any]]] = {
@@ -155,8 +180,7 @@ async def persist_many(
                     "error": c.error,
                 }
             )
-    rows = await conn.fetch(queries["persist_run_changes"], changes[0].lease.node_id, doc)
-    return {row["id"]: row["base_seq"] for row in rows}
+    return doc
 
 
 async def persist(pool: asyncpg.Pool[Any], run_id: UUID, lease: Lease, t: Transition) -> int:

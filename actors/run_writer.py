@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from actors.run_store import LeaseLost, RunChange, Transition, persist_many
+from actors.run_store import LeaseLost, RunChange, Transition, commit_rounds, persist_many
+from runtime.db import Conn
 from runtime.shards import Lease
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ MAX_BATCH = 128
 MAX_IN_FLIGHT = 2
 
 Waiter = tuple[RunChange, "asyncio.Future[int | None]"]
+T = TypeVar("T")
 
 
 class RunWriter:
@@ -79,6 +82,34 @@ class RunWriter:
             before.add_done_callback(lambda _: self._enqueue(waiter))
         return future
 
+    def submit_rounds(
+        self, run_id: UUID, lease: Lease, rounds: list[Transition], after_seqs: list[int | None]
+    ) -> list[asyncio.Future[int | None]]:
+        """Queue consecutive rounds of one run; a future per round, as `submit` gives.
+
+        The first round is sent as `submit` would send it, the others each with the
+        `after_seq` its predecessor leaves. When the writer is idle, all of them go in one
+        call that commits them one after another, each in its own transaction, with no
+        round trip in between; otherwise each follows its predecessor as `submit` arranges.
+        """
+        before = self._latest.get(run_id)
+        idle = not self._queue and self._active < self.max_in_flight
+        if len(rounds) < 2 or not idle or (before is not None and not before.done()):
+            return [
+                self.submit(run_id, lease, t, after)
+                for t, after in zip(rounds, after_seqs, strict=True)
+            ]
+        loop = asyncio.get_running_loop()
+        waiters: list[Waiter] = []
+        for t, after in zip(rounds, after_seqs, strict=True):
+            future: asyncio.Future[int | None] = loop.create_future()
+            waiters.append((RunChange(run_id, lease, t, after), future))
+        last = waiters[-1][1]
+        self._latest[run_id] = last
+        last.add_done_callback(lambda done: self._forget(run_id, done))
+        self._start(waiters, rounds=True)
+        return [future for _, future in waiters]
+
     def _forget(self, run_id: UUID, future: asyncio.Future[int | None]) -> None:
         if self._latest.get(run_id) is future:
             del self._latest[run_id]
@@ -88,16 +119,19 @@ class RunWriter:
         if self._active < self.max_in_flight:
             self._start()
 
-    def _start(self, first: list[Waiter] | None = None) -> None:
+    def _start(self, first: list[Waiter] | None = None, rounds: bool = False) -> None:
         self._active += 1
-        task = asyncio.create_task(self._flush(first), name="runs:writer")
+        task = asyncio.create_task(self._flush(first, rounds), name="runs:writer")
         self._flushers.add(task)
         task.add_done_callback(self._flushers.discard)
 
-    async def _flush(self, first: list[Waiter] | None = None) -> None:
-        """Commit `first`, then batches until the queue is empty (every sender drains it)."""
+    async def _flush(self, first: list[Waiter] | None = None, rounds: bool = False) -> None:
+        """Commit `first` (one batch, or one run's rounds), then batches until the queue is
+        empty (every sender drains it)."""
         try:
-            if first:
+            if first and rounds:
+                await self._commit_rounds(first)
+            elif first:
                 await self._commit(first)
             while self._queue:
                 await self._commit(self._take_batch())
@@ -121,7 +155,7 @@ class RunWriter:
 
     async def _commit(self, batch: list[Waiter]) -> None:
         try:
-            written = await self._execute([change for change, _ in batch])
+            written = await self._execute(persist_many, [change for change, _ in batch])
         except Exception as exc:  # the error belongs to the change that caused it
             if len(batch) == 1:
                 _settle(batch[0][1], exc)
@@ -145,17 +179,33 @@ class RunWriter:
             elif not future.done():
                 future.set_result(written[change.run_id])
 
-    async def _execute(self, changes: list[RunChange]) -> dict[UUID, int | None]:
-        """One batch on a connection this writer keeps (no pool round per commit)."""
+    async def _commit_rounds(self, waiters: list[Waiter]) -> None:
+        """One run's rounds in one call; each future gets its round's outcome."""
+        try:
+            bases = await self._execute(commit_rounds, [change for change, _ in waiters])
+        except Exception as exc:  # LeaseLost, or an error the actor should crash on
+            for _, future in waiters:
+                _settle(future, exc)
+            return
+        self.batches += 1
+        self.changes += len(waiters)
+        for (_, future), base in zip(waiters, bases, strict=True):
+            if not future.done():
+                future.set_result(base)
+
+    async def _execute(
+        self, write: Callable[[Conn, list[RunChange]], Awaitable[T]], changes: list[RunChange]
+    ) -> T:
+        """`write` on a connection this writer keeps (no pool round per commit)."""
         conn = self._idle.pop() if self._idle else await self.pool.acquire()
         try:
-            written = await persist_many(conn, changes)
+            result = await write(conn, changes)
         except BaseException:
             # Back to the pool, which closes it if broken; the next batch takes a fresh one.
             await self.pool.release(conn)
             raise
         self._idle.append(conn)
-        return written
+        return result
 
     async def close(self) -> None:
         """Wait for the batches in flight (their actors are told, not left hanging)."""

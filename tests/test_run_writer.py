@@ -174,3 +174,34 @@ async def test_many_runs_sending_ahead_all_finish_in_order(pool: asyncpg.Pool[An
         steps = [step for _, _, step in (await events(pool, run_id))[1:]]
         assert steps == [f"s{k}" for k in range(12)]
     await writer.close()
+
+
+async def test_rounds_of_an_idle_run_commit_one_by_one_in_one_call(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    run_id = await new_run(pool)
+    writer = RunWriter(pool)
+    rounds = [step_done(f"s{k}") for k in range(5)]
+    futures = writer.submit_rounds(run_id, LEASE, rounds, [None, 2, 3, 4, 5])
+    assert [await f for f in futures] == [1, 2, 3, 4, 5]
+    assert writer.batches == 1  # one call
+    # Each round is its own transaction: its events carry their own transaction id.
+    xids = await pool.fetch(
+        "SELECT DISTINCT xmin::text FROM run_events WHERE run_id = $1 AND seq > 1", run_id
+    )
+    assert len(xids) == 5
+    steps = [step for _, _, step in (await events(pool, run_id))[1:]]
+    assert steps == [f"s{k}" for k in range(5)]
+
+    # A round that does not find the run where it expects writes nothing, nor do those after.
+    futures = writer.submit_rounds(run_id, LEASE, [step_done("t0"), step_done("t1")], [None, 99])
+    assert [await f for f in futures] == [6, None]
+    assert [step for _, _, step in await events(pool, run_id)][-1] == "t0"
+
+    # Fenced off: nothing is written and every round says so.
+    stale = Lease(LEASE.shard, LEASE.node_id, LEASE.token + 1)
+    futures = writer.submit_rounds(run_id, stale, [step_done("u0"), step_done("u1")], [None, 7])
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(o, LeaseLost) for o in outcomes)
+    assert await pool.fetchval("SELECT last_seq FROM runs WHERE id = $1", run_id) == 7
+    await writer.close()
