@@ -60,11 +60,10 @@ class RunWriter:
     ) -> asyncio.Future[int | None]:
         """Queue `t` for the next batch; the future holds its base seq once committed.
 
-        A run has at most two changes outstanding: one sent without `after_seq`, and the one
-        that follows it, given `after_seq` (the last_seq the first leaves behind) before the
-        first has committed. That second change never commits before the first (it waits on
-        the run row's lock) and applies only if the run is exactly there; otherwise it writes
-        nothing and its future holds None. Raises LeaseLost (through the future) when fenced.
+        A change given `after_seq` (the last_seq the change before it leaves behind) waits
+        for that change's commit, and applies only if the run is exactly there; otherwise it
+        writes nothing and its future holds None. Raises LeaseLost (through the future) when
+        the run's lease is gone.
         """
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         waiter = (RunChange(run_id, lease, t, after_seq), future)
@@ -73,12 +72,7 @@ class RunWriter:
         future.add_done_callback(lambda done: self._forget(run_id, done))
         if after_seq is None or before is None or before.done():
             self._enqueue(waiter)
-        elif not self._queue and self._active < self.max_in_flight:
-            # Idle: send it now, alone, to be applied the moment its predecessor commits.
-            # Alone, because a batch that locks one row can never be part of a lock cycle.
-            self._start([waiter])
-        else:
-            # Busy: batches already overlap; it goes in the first batch after its predecessor.
+        else:  # it goes in the first batch after its predecessor's
             before.add_done_callback(lambda _: self._enqueue(waiter))
         return future
 
