@@ -24,8 +24,9 @@ from runtime.shards import Lease
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 128
-# Two batches in flight: one is being executed while the next is encoded and sent.
-MAX_IN_FLIGHT = 2
+# Batches in flight at once: while one is executed the next are encoded and sent. Three gave
+# 3,050-3,970 durable steps/s against two's 2,680-2,850 with 64 runs in flight (four: no more).
+MAX_IN_FLIGHT = 3
 
 Waiter = tuple[RunChange, "asyncio.Future[int | None]"]
 T = TypeVar("T")
