@@ -5,6 +5,10 @@ shared is the transaction. While a batch is in flight the changes that arrive me
 up and leave together in the next one, so under load PostgreSQL parses, plans, locks and
 flushes the WAL once per batch instead of once per step, and an idle system sends a batch of
 one at once (no timer, no added latency).
+
+A run's consecutive rounds of pure steps can be handed over together: an idle writer sends
+them in one procedure call that commits them one after another, each in its own transaction;
+a busy one lets each follow its predecessor's commit through the batches.
 """
 
 from __future__ import annotations
