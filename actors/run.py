@@ -61,7 +61,7 @@ class RunActor(Actor):
         self.run: dict[str, Any] = {}
         self.run_state: RunState | None = None
         self.lease: Lease | None = None
-        # The run's last committed event seq: where a change sent ahead must find it.
+        # The run's last committed event seq: where the rounds planned after it must find it.
         self.seq = 0
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}

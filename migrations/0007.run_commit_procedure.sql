@@ -11,14 +11,13 @@
 --   events:   run_id, ord (position within its run's change: 1, 2, ...), event, step_id, data
 --   commands: run_id, id, outcome (commands this change completes)
 --   attempts: run_id, step_id, attempt, result, output, error (finished attempts, write-once)
--- `expect` is for a change sent before the commit of the change it follows: it waits on the
--- run row's lock for that commit and applies only if the run is then exactly there;
--- otherwise it writes nothing.
+-- `expect` is for a round planned before the round it follows had committed: it applies only
+-- if the run is exactly where that round left it; otherwise it writes nothing.
 -- A run's rows are written only while this node holds its shard's lease with that token.
--- Times are clock_timestamp(), not the transaction's start: a change that waited for the one
--- before it must not carry an earlier time.
+-- Times are clock_timestamp(), the moment of writing, so that the rounds committed one after
+-- another by stepwell_commit_rounds carry times in their order.
 -- Returns (id, base_seq) for each run within its lease: base_seq is the seq before its first
--- new event, or NULL when the change did not apply (its predecessor had not committed). A run
+-- new event, or NULL when the change did not apply (the run was not at `expect`). A run
 -- missing from the result was fenced off.
 CREATE FUNCTION stepwell_persist_changes(node text, doc jsonb)
 RETURNS TABLE (id uuid, base_seq bigint)
@@ -35,35 +34,22 @@ BEGIN
         JOIN shard_leases l ON l.shard = c.shard AND l.owner = node AND l.token = c.token
                            AND l.expires_at > now()
     ), run AS (
-        -- The WHERE names only the id, so a row being changed by a transaction in flight is
-        -- waited for and then re-read (READ COMMITTED): whether the change fits is decided on
-        -- that latest version. A change that does not fit leaves the row as it was.
         UPDATE runs r SET
-            last_seq = r.last_seq + CASE WHEN f.expect IS NULL OR f.expect = r.last_seq
-                                         THEN f.n_events ELSE 0 END,
-            status = CASE WHEN f.expect IS NULL OR f.expect = r.last_seq
-                          THEN coalesce(f.status, r.status) ELSE r.status END,
-            error = CASE WHEN (f.expect IS NULL OR f.expect = r.last_seq) AND f.status IS NOT NULL
-                         THEN f.error ELSE r.error END,
-            output = CASE WHEN f.expect IS NULL OR f.expect = r.last_seq
-                          THEN coalesce(f.output, r.output) ELSE r.output END,
-            started_at = CASE WHEN (f.expect IS NULL OR f.expect = r.last_seq)
-                                   AND f.status = 'running' THEN coalesce(r.started_at, clock_timestamp())
+            last_seq = r.last_seq + f.n_events,
+            status = coalesce(f.status, r.status),
+            error = CASE WHEN f.status IS NULL THEN r.error ELSE f.error END,
+            output = coalesce(f.output, r.output),
+            started_at = CASE WHEN f.status = 'running'
+                              THEN coalesce(r.started_at, clock_timestamp())
                               ELSE r.started_at END,
-            completed_at = CASE WHEN (f.expect IS NOT NULL AND f.expect <> r.last_seq)
-                                     OR f.status IS NULL THEN r.completed_at
-                                WHEN f.status IN ('succeeded', 'failed', 'cancelled') THEN clock_timestamp()
-                                END,
-            updated_at = CASE WHEN f.expect IS NULL OR f.expect = r.last_seq
-                              THEN clock_timestamp() ELSE r.updated_at END
+            completed_at = CASE WHEN f.status IN ('succeeded', 'failed', 'cancelled')
+                                THEN clock_timestamp()
+                                WHEN f.status IS NOT NULL THEN NULL
+                                ELSE r.completed_at END,
+            updated_at = clock_timestamp()
         FROM fenced f
-        WHERE r.id = f.id
-        -- Applied: the seq before its events is the expected one (a change that did not fit
-        -- left last_seq below it).
-        RETURNING r.id, r.last_seq - f.n_events AS base_seq,
-                  f.expect IS NULL OR r.last_seq - f.n_events = f.expect AS fits
-    ), applied AS (
-        SELECT id, base_seq FROM run WHERE fits
+        WHERE r.id = f.id AND (f.expect IS NULL OR r.last_seq = f.expect)
+        RETURNING r.id, r.last_seq - f.n_events AS base_seq
     ), steps AS (
         INSERT INTO run_steps AS s (run_id, step_id, status, attempt, output, error, wake_at,
                                     started_at, completed_at)
@@ -73,7 +59,7 @@ BEGIN
         FROM jsonb_to_recordset(doc -> 'steps')
             AS c(run_id uuid, step_id text, status text, attempt int, output jsonb, error jsonb,
                  wake_at timestamptz)
-        JOIN applied run ON run.id = c.run_id
+        JOIN run ON run.id = c.run_id
         ON CONFLICT (run_id, step_id) DO UPDATE SET
             status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
             error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
@@ -85,21 +71,21 @@ BEGIN
         SELECT a.run_id, a.step_id, a.attempt, a.result, a.output, a.error
         FROM jsonb_to_recordset(doc -> 'attempts')
             AS a(run_id uuid, step_id text, attempt int, result text, output jsonb, error jsonb)
-        JOIN applied run ON run.id = a.run_id
+        JOIN run ON run.id = a.run_id
         ON CONFLICT DO NOTHING
     ), events AS (
         INSERT INTO run_events (run_id, seq, event, step_id, data, at)
         SELECT e.run_id, run.base_seq + e.ord, e.event, e.step_id, e.data, clock_timestamp()
         FROM jsonb_to_recordset(doc -> 'events')
             AS e(run_id uuid, ord int, event text, step_id text, data jsonb)
-        JOIN applied run ON run.id = e.run_id
+        JOIN run ON run.id = e.run_id
     ), commands AS (
         UPDATE run_commands rc SET processed_at = clock_timestamp(), outcome = d.outcome
         FROM jsonb_to_recordset(doc -> 'commands') AS d(run_id uuid, id bigint, outcome text)
-        JOIN applied run ON run.id = d.run_id
+        JOIN run ON run.id = d.run_id
         WHERE rc.id = d.id
     )
-    SELECT f.id, a.base_seq FROM fenced f LEFT JOIN applied a ON a.id = f.id;
+    SELECT f.id, run.base_seq FROM fenced f LEFT JOIN run ON run.id = f.id;
 END
 $fn$;
 
