@@ -106,5 +106,5 @@ SELECT id, base_seq FROM stepwell_persist_changes($1, $2);
 -- name: commit_run_rounds
 -- $1 node_id, $2 a JSON array of one run's rounds, each a document as persist_run_changes
 -- takes: committed one after another, each in its own transaction (a procedure, one round
--- trip). Returns the procedure's `results` (see migrations/0007).
+-- trip). Returns the procedure's `results` (see migrations/0008).
 CALL stepwell_commit_rounds($1, $2);

@@ -200,3 +200,80 @@ async def test_rounds_of_an_idle_run_commit_one_by_one_in_one_call(
     assert all(isinstance(o, LeaseLost) for o in outcomes)
     assert await pool.fetchval("SELECT last_seq FROM runs WHERE id = $1", run_id) == 7
     await writer.close()
+
+
+def rounds_of_a_run(command_id: int) -> list[Transition]:
+    """Two rounds touching every kind of row: a command, steps, attempts, run status."""
+    first = Transition(commands=[command_id], outcome="applied")
+    first.run("running", "run.started")
+    first.step(StepChange("a", "succeeded", 1, output={"n": 1}), "step.succeeded", output={"n": 1})
+    first.step(StepChange("b", "running", 1), "step.started")
+    second = Transition()
+    error = {"message": "boom", "retryable": False}
+    second.step(StepChange("b", "failed", 1, error=error), "step.failed", error=error)
+    second.step(StepChange("c", "skipped", 0), "step.skipped")
+    second.run("failed", "run.failed", {"step_id": "b", "message": "boom"})
+    return [first, second]
+
+
+async def written(pool: asyncpg.Pool[Any], run_id: uuid.UUID) -> dict[str, Any]:
+    """Everything a run's changes wrote, without ids and times (which differ between runs)."""
+    run = await pool.fetchrow(
+        "SELECT status, error, output, last_seq, started_at IS NOT NULL AS started,"
+        " completed_at IS NOT NULL AS completed FROM runs WHERE id = $1",
+        run_id,
+    )
+    steps = await pool.fetch(
+        "SELECT step_id, status, attempt, output, error, started_at IS NOT NULL AS started,"
+        " completed_at IS NOT NULL AS completed FROM run_steps WHERE run_id = $1 ORDER BY 1",
+        run_id,
+    )
+    attempts = await pool.fetch(
+        "SELECT step_id, attempt, status, output, error FROM step_attempts"
+        " WHERE run_id = $1 ORDER BY 1, 2",
+        run_id,
+    )
+    rows = await pool.fetch(
+        "SELECT seq, event, step_id, data FROM run_events WHERE run_id = $1 ORDER BY seq", run_id
+    )
+    commands = await pool.fetch(
+        "SELECT outcome, processed_at IS NOT NULL AS processed FROM run_commands"
+        " WHERE run_id = $1",
+        run_id,
+    )
+    return {
+        "run": dict(run) if run else None,
+        "steps": [dict(r) for r in steps],
+        "attempts": [dict(r) for r in attempts],
+        "events": [dict(r) for r in rows],
+        "commands": [dict(r) for r in commands],
+    }
+
+
+async def test_rounds_in_one_call_write_what_batches_write(pool: asyncpg.Pool[Any]) -> None:
+    # The procedure that commits a run's rounds has its own statements; a run's rows must not
+    # depend on which path its changes took.
+    alone, together = await new_run(pool), await new_run(pool)
+    writer = RunWriter(pool)
+    for run_id in (alone, together):
+        command = await pool.fetchrow(queries["insert_command"], run_id, "resume", {}, "alice")
+        first, second = rounds_of_a_run(command["id"])
+        if run_id == alone:
+            assert await writer.submit(run_id, LEASE, first) == 1
+            assert await writer.submit(run_id, LEASE, second) == 4
+        else:
+            futures = writer.submit_rounds(run_id, LEASE, [first, second], [None, 4])
+            assert [await f for f in futures] == [1, 4]
+    expected = await written(pool, alone)
+    assert expected["run"] == {
+        "status": "failed",
+        "error": {"step_id": "b", "message": "boom"},
+        "output": None,
+        "last_seq": 7,
+        "started": True,
+        "completed": True,
+    }
+    assert [s["status"] for s in expected["steps"]] == ["succeeded", "failed", "skipped"]
+    assert expected["commands"] == [{"outcome": "applied", "processed": True}]
+    assert await written(pool, together) == expected
+    await writer.close()
