@@ -237,8 +237,7 @@ async def written(pool: asyncpg.Pool[Any], run_id: uuid.UUID) -> dict[str, Any]:
         "SELECT seq, event, step_id, data FROM run_events WHERE run_id = $1 ORDER BY seq", run_id
     )
     commands = await pool.fetch(
-        "SELECT outcome, processed_at IS NOT NULL AS processed FROM run_commands"
-        " WHERE run_id = $1",
+        "SELECT outcome, processed_at IS NOT NULL AS processed FROM run_commands WHERE run_id = $1",
         run_id,
     )
     return {
