@@ -255,8 +255,8 @@ async def test_rounds_in_one_call_write_what_batches_write(pool: asyncpg.Pool[An
     alone, together = await new_run(pool), await new_run(pool)
     writer = RunWriter(pool)
     for run_id in (alone, together):
-        command = await pool.fetchrow(queries["insert_command"], run_id, "resume", {}, "alice")
-        first, second = rounds_of_a_run(command["id"])
+        command = await pool.fetchval(queries["insert_command"], run_id, "resume", {}, "alice")
+        first, second = rounds_of_a_run(command)
         if run_id == alone:
             assert await writer.submit(run_id, LEASE, first) == 1
             assert await writer.submit(run_id, LEASE, second) == 4
