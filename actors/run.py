@@ -321,9 +321,10 @@ class RunActor(Actor):
     async def _run_pure(self, t: Transition, scratch: RunState, sid: str, attempt: int) -> None:
         t.events.append(Event("step.started", sid, {"attempt": attempt}))
         node = scratch.graph.nodes[sid]
+        scope = scratch.scope()  # once: the template and the step see the same one
         try:
-            config = render(node.config, scratch.scope())
-            output = await EXECUTORS[node.type](self._context(sid, attempt, scratch), config)
+            config = render(node.config, scope)
+            output = await EXECUTORS[node.type](self._context(sid, attempt, scratch, scope), config)
         except (StepFailed, TemplateError) as exc:
             error = exc if isinstance(exc, StepFailed) else StepFailed(str(exc), retryable=False)
             change = StepChange(sid, "failed", attempt, error=error.as_error())
@@ -363,14 +364,16 @@ class RunActor(Actor):
 
     # -- steps and timers --------------------------------------------------------------------
 
-    def _context(self, sid: str, attempt: int, state: RunState) -> StepContext:
+    def _context(
+        self, sid: str, attempt: int, state: RunState, scope: dict[str, Any] | None = None
+    ) -> StepContext:
         platform = RunStepPlatform(self.services, self.run, sid, attempt)
         return StepContext(
             self.run_id,
             sid,
             attempt,
             self.run["owner_id"],
-            state.scope(),
+            state.scope() if scope is None else scope,
             self.services.http,
             platform,
         )

@@ -69,6 +69,11 @@ class RunState:
 
     def effective_statuses(self) -> dict[str, StepStatus]:
         """Statuses for scheduling: a step waiting to retry counts as still running."""
+        # Called once per planned round: most runs have no retry pending, and then this is the
+        # statuses themselves (callers only read them).
+        waiting = [sid for sid, at in self.wake_at.items() if at is not None]
+        if not any(self.retry_pending(sid) for sid in waiting):
+            return self.statuses
         return {
             sid: StepStatus.RUNNING if self.retry_pending(sid) else status
             for sid, status in self.statuses.items()
@@ -104,19 +109,22 @@ class RunState:
 
     def verdict(self) -> tuple[str, dict[str, Any] | None]:
         """The run status the step statuses call for, with the error when it failed."""
-        failed = [s for s, st in self.statuses.items() if st == StepStatus.FAILED]
-        if failed:
-            error = self.errors.get(failed[0]) or {}
-            return "failed", {"step_id": failed[0], "message": error.get("message", "failed")}
-        if all(st.terminal for st in self.statuses.values()):
+        # One pass over the steps: this runs once per planned round.
+        failed: str | None = None
+        ended, running, approvals = True, False, False
+        for sid, status in self.statuses.items():
+            if status == StepStatus.FAILED:
+                failed = failed or sid
+            elif status == StepStatus.RUNNING or self.retry_pending(sid):
+                running = True
+            elif status == StepStatus.WAITING and self.graph.nodes[sid].type == "approval":
+                approvals = True
+            ended = ended and status.terminal
+        if failed is not None:
+            error = self.errors.get(failed) or {}
+            return "failed", {"step_id": failed, "message": error.get("message", "failed")}
+        if ended:
             return "succeeded", None
-        running = any(
-            st == StepStatus.RUNNING or self.retry_pending(s) for s, st in self.statuses.items()
-        )
-        approvals = any(
-            st == StepStatus.WAITING and self.graph.nodes[s].type == "approval"
-            for s, st in self.statuses.items()
-        )
         return ("paused" if approvals and not running else "running"), None
 
     def output(self) -> dict[str, Any]:
