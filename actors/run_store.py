@@ -54,6 +54,9 @@ class Transition:
     run_output: Any = None
     commands: list[int] = field(default_factory=list)
     outcome: str | None = None
+    # Steps that have no row yet (nor attempts): their rows are plain inserts, with no
+    # conflict to look for. Left empty, every row is written as an upsert.
+    new_steps: set[str] = field(default_factory=set)
 
     def step(self, change: StepChange, event: str, **data: Any) -> None:
         self.steps.append(change)
@@ -125,6 +128,16 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
     }
     for change in changes:
         rid, t = str(change.run_id), change.transition
+        # A step may change twice in one transition (reset, then started): its row takes the
+        # last change, while every finished attempt along the way is still recorded once.
+        steps = {c.step_id: c for c in t.steps}.values()
+        finished = {
+            (c.step_id, c.attempt): c
+            for c in reversed(t.steps)
+            if c.recorded_result() and c.attempt > 0
+        }.values()
+        new_steps = sum(c.step_id in t.new_steps for c in steps)
+        new_attempts = sum(c.step_id in t.new_steps for c in finished)
         doc["runs"].append(
             {
                 "id": rid,
@@ -135,11 +148,15 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
                 "error": t.run_error,
                 "output": t.run_output,
                 "expect": change.after_seq,
+                # How many rows of each kind are new and how many may exist: the rounds
+                # procedure skips the statements with nothing to write.
+                "new_steps": new_steps,
+                "old_steps": len(steps) - new_steps,
+                "new_attempts": new_attempts,
+                "old_attempts": len(finished) - new_attempts,
             }
         )
-        # A step may change twice in one transition (reset, then started): its row takes the
-        # last change, while every finished attempt along the way is still recorded once.
-        for c in {c.step_id: c for c in t.steps}.values():
+        for c in steps:
             wake_at = c.wake_at.isoformat() if c.wake_at else None
             doc["steps"].append(
                 {
@@ -150,6 +167,7 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
                     "output": c.output,
                     "error": c.error,
                     "wake_at": wake_at,
+                    "new": c.step_id in t.new_steps,
                 }
             )
         for position, e in enumerate(t.events, start=1):
@@ -164,12 +182,7 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
             )
         for command in t.commands:
             doc["commands"].append({"run_id": rid, "id": command, "outcome": t.outcome})
-        finished = {
-            (c.step_id, c.attempt): c
-            for c in reversed(t.steps)
-            if c.recorded_result() and c.attempt > 0
-        }
-        for c in finished.values():
+        for c in finished:
             doc["attempts"].append(
                 {
                     "run_id": rid,
@@ -178,6 +191,7 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
                     "result": c.recorded_result(),
                     "output": c.output,
                     "error": c.error,
+                    "new": c.step_id in t.new_steps,
                 }
             )
     return doc

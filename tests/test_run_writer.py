@@ -203,7 +203,8 @@ async def test_rounds_of_an_idle_run_commit_one_by_one_in_one_call(
 
 
 def rounds_of_a_run(command_id: int) -> list[Transition]:
-    """Two rounds touching every kind of row: a command, steps, attempts, run status."""
+    """Two rounds touching every kind of row: a command, new and existing steps, attempts and
+    the run's status."""
     first = Transition(commands=[command_id], outcome="applied")
     first.run("running", "run.started")
     first.step(StepChange("a", "succeeded", 1, output={"n": 1}), "step.succeeded", output={"n": 1})
@@ -213,6 +214,8 @@ def rounds_of_a_run(command_id: int) -> list[Transition]:
     second.step(StepChange("b", "failed", 1, error=error), "step.failed", error=error)
     second.step(StepChange("c", "skipped", 0), "step.skipped")
     second.run("failed", "run.failed", {"step_id": "b", "message": "boom"})
+    # As the actor marks them: rows of steps that have none yet are plain inserts.
+    first.new_steps, second.new_steps = {"a", "b"}, {"c"}
     return [first, second]
 
 
