@@ -63,6 +63,9 @@ class RunActor(Actor):
         self.lease: Lease | None = None
         # The run's last committed event seq: where the rounds planned after it must find it.
         self.seq = 0
+        # The run as get_run_detail reads it, right after the commit that ended it, when that
+        # commit returned it (see RunWriter.ended): start-and-wait answers with it.
+        self.ended: dict[str, Any] | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
 
@@ -124,6 +127,7 @@ class RunActor(Actor):
             await self.services.child_finished(dict(child))
 
     async def on_stop(self) -> None:
+        self.services.writer.ended(self.run_id)  # not kept for a run that stopped otherwise
         for handle in self.timers.values():
             handle.cancel()
         for task in self.tasks.values():
@@ -349,6 +353,7 @@ class RunActor(Actor):
         scratch.run_status = status
 
     async def _finish(self, t: Transition) -> None:
+        self.ended = self.services.writer.ended(self.run_id)
         self.services.run_ended(self._run_state().run_status)
         for handle in self.timers.values():
             handle.cancel()

@@ -98,11 +98,18 @@ async def persist_many(
     return {row["id"]: row["base_seq"] for row in rows}
 
 
-async def commit_rounds(conn: Conn, changes: list[RunChange]) -> list[int | None]:
+@dataclass(frozen=True, slots=True)
+class RoundsWritten:
+    """What one call committing a run's rounds did."""
+
+    bases: list[int | None]  # each round's base seq; None: not applied (nor any after it)
+    ended: dict[str, Any] | None  # the run as get_run_detail reads it, when the rounds ended it
+
+
+async def commit_rounds(conn: Conn, changes: list[RunChange]) -> RoundsWritten:
     """Commit one run's rounds one after another, each in its own transaction, in one call.
 
-    Returns each round's base seq, or None for a round that did not apply and for every round
-    after it. Raises LeaseLost when the run's lease is gone.
+    Raises LeaseLost when the run's lease is gone.
     """
     rounds = [_document([change]) for change in changes]
     row = await conn.fetchrow(queries["commit_run_rounds"], changes[0].lease.node_id, rounds)
@@ -112,7 +119,9 @@ async def commit_rounds(conn: Conn, changes: list[RunChange]) -> list[int | None
         lease = changes[0].lease
         raise LeaseLost(f"lease on shard {lease.shard} lost (token {lease.token})")
     bases: list[int | None] = [r["base_seq"] for r in results]
-    return bases + [None] * (len(changes) - len(bases))
+    final = row["final"]
+    ended = None if final is None else {**dict(final), "steps": row["final_steps"]}
+    return RoundsWritten(bases + [None] * (len(changes) - len(bases)), ended)
 
 
 def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:

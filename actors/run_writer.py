@@ -57,6 +57,8 @@ class RunWriter:
         self._idle: list[PoolConnectionProxy[Any]] = []
         # Each run's most recent change still outstanding.
         self._latest: dict[UUID, asyncio.Future[int | None]] = {}
+        # Runs whose rounds ended them, as they were read right after: see `ended`.
+        self._ended: dict[UUID, dict[str, Any]] = {}
         self.batches = 0
         self.changes = 0
 
@@ -108,6 +110,13 @@ class RunWriter:
         last.add_done_callback(lambda done: self._forget(run_id, done))
         self._start(waiters, rounds=True)
         return [future for _, future in waiters]
+
+    def ended(self, run_id: UUID) -> dict[str, Any] | None:
+        """The run as get_run_detail reads it, when its last rounds ended it (taken once).
+
+        Only the rounds call returns it; a run that ended through a batch has none.
+        """
+        return self._ended.pop(run_id, None)
 
     def _forget(self, run_id: UUID, future: asyncio.Future[int | None]) -> None:
         if self._latest.get(run_id) is future:
@@ -181,14 +190,16 @@ class RunWriter:
     async def _commit_rounds(self, waiters: list[Waiter]) -> None:
         """One run's rounds in one call; each future gets its round's outcome."""
         try:
-            bases = await self._execute(commit_rounds, [change for change, _ in waiters])
+            written = await self._execute(commit_rounds, [change for change, _ in waiters])
         except Exception as exc:  # LeaseLost, or an error the actor should crash on
             for _, future in waiters:
                 _settle(future, exc)
             return
         self.batches += 1
         self.changes += len(waiters)
-        for (_, future), base in zip(waiters, bases, strict=True):
+        if written.ended is not None:
+            self._ended[waiters[0][0].run_id] = written.ended
+        for (_, future), base in zip(waiters, written.bases, strict=True):
             if not future.done():
                 future.set_result(base)
 

@@ -18,6 +18,7 @@ from aiohttp_apigami import (
 from jsonschema import Draft202012Validator
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from actors.run import RunActor
 from actors.runs import TERMINAL, StartedRun, create_run, record_command
 from actors.steps import approval
 from handlers.common import (
@@ -183,7 +184,9 @@ async def _started_and_waited(
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(left, 0)):
                         await actor.stopped.wait()
-            run = await pool.fetchrow(queries["get_run_detail"], run_id, None)
+            # The commit that ended the run may have returned it, read after that commit.
+            ended = actor.ended if isinstance(actor, RunActor) and actor.stopped.is_set() else None
+            run = ended or await pool.fetchrow(queries["get_run_detail"], run_id, None)
             assert run is not None  # noqa: S101 - created above; runs are never deleted
             left = deadline - asyncio.get_running_loop().time()
             if run["status"] in TERMINAL or left <= 0:

@@ -1,5 +1,7 @@
 -- Back to 0007's procedure, which calls the group commit function for each round.
-CREATE OR REPLACE PROCEDURE stepwell_commit_rounds(node text, rounds jsonb, INOUT results jsonb DEFAULT NULL)
+DROP PROCEDURE stepwell_commit_rounds(text, jsonb, jsonb, runs, jsonb);
+DROP FUNCTION stepwell_run_steps(uuid);
+CREATE PROCEDURE stepwell_commit_rounds(node text, rounds jsonb, INOUT results jsonb DEFAULT NULL)
 LANGUAGE plpgsql AS $pr$
 DECLARE
     round jsonb;

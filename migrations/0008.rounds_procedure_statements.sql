@@ -5,16 +5,32 @@
 -- Measured on 10 rounds of the benchmark's no-op chain, in the database: 9.6 ms for the call
 -- against 11.2 ms through the function, and 8.0 ms without upserts (bare INSERT+COMMIT x 10:
 -- 5.3 ms).
+-- When the last round ends the run, the call also returns the ended run with its steps, as
+-- get_run_detail reads them: whoever waits for the run needs no read of its own.
 -- depends: 0007.run_commit_procedure
+
+-- A run's steps as the API shows them with the run (id, status, output), in the order of
+-- list_run_steps. STABLE: called in a statement, it sees that statement's snapshot.
+CREATE FUNCTION stepwell_run_steps(run uuid) RETURNS jsonb
+LANGUAGE sql STABLE AS $fn$
+    SELECT coalesce(jsonb_agg(jsonb_build_object('step_id', s.step_id, 'status', s.status,
+                                                 'output', s.output)
+                              ORDER BY s.started_at NULLS LAST, s.step_id), '[]')
+    FROM run_steps s WHERE s.run_id = run;
+$fn$;
 
 -- Commits `rounds` (a JSON array of documents as stepwell_persist_changes takes, each holding
 -- one change of the same run, whose `runs` entry also counts its new_steps, old_steps,
 -- new_attempts and old_attempts, and whose steps and attempts say whether they are `new`) one after another, each in its own transaction, and stops at
 -- the first that was fenced off or did not apply. `results` holds one object per round tried:
 -- {"base_seq": n}, {"base_seq": null} (the run was not at the round's `expect`) or
--- {"fenced": true}. Call it outside a transaction block.
-CREATE OR REPLACE PROCEDURE stepwell_commit_rounds(
-    node text, rounds jsonb, INOUT results jsonb DEFAULT NULL
+-- {"fenced": true}. When the last round committed ends the run, `final` is the run's row
+-- and `final_steps` its steps (stepwell_run_steps) as they are after that commit; otherwise
+-- both are NULL. Call it outside a transaction block.
+DROP PROCEDURE stepwell_commit_rounds(text, jsonb, jsonb);
+CREATE PROCEDURE stepwell_commit_rounds(
+    node text, rounds jsonb, INOUT results jsonb DEFAULT NULL, INOUT final runs DEFAULT NULL,
+    INOUT final_steps jsonb DEFAULT NULL
 )
 LANGUAGE plpgsql AS $pr$
 #variable_conflict use_column
@@ -25,6 +41,7 @@ DECLARE
     new_status text;
     n_events int;
     base bigint;
+    ended boolean := false;
 BEGIN
     results := '[]'::jsonb;
     FOR doc IN SELECT value FROM jsonb_array_elements(rounds) LOOP
@@ -126,6 +143,11 @@ BEGIN
         END IF;
         COMMIT;
         results := results || jsonb_build_array(jsonb_build_object('base_seq', base));
+        ended := new_status IN ('succeeded', 'failed', 'cancelled');
     END LOOP;
+    IF ended THEN
+        SELECT r.* INTO final FROM runs r WHERE r.id = rid;
+        final_steps := stepwell_run_steps(rid);
+    END IF;
 END
 $pr$;

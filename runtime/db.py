@@ -69,9 +69,35 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, allow_nan=False)
 
 
+def _encode_jsonb(value: Any) -> bytes:
+    return JSONB_VERSION + _dumps(value).encode()
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
+def _encode_json(value: Any) -> bytes:
+    return _dumps(value).encode()
+
+
+# jsonb's binary form is a version byte and the JSON text.
+JSONB_VERSION = b"\x01"
+
+
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
-    for typename in ("json", "jsonb"):
-        await conn.set_type_codec(typename, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
+    # Binary codecs: asyncpg decodes a composite value (a whole row returned by a procedure)
+    # only when it can decode every field in binary, jsonb ones included.
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb,
+        decoder=_decode_jsonb,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "json", encoder=_encode_json, decoder=json.loads, schema="pg_catalog", format="binary"
+    )
 
 
 async def _no_reset(conn: asyncpg.Connection[Any]) -> None:

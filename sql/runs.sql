@@ -37,15 +37,11 @@ SELECT * FROM runs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2);
 
 -- name: get_run_detail
 -- $1 id, $2 owner_id (NULL: any owner). The run with its steps (id, status, output, in the order
--- of list_run_steps) as a JSON array: one statement, so both describe the same moment.
-SELECT r.*,
-       coalesce(jsonb_agg(jsonb_build_object('step_id', s.step_id, 'status', s.status,
-                                             'output', s.output)
-                          ORDER BY s.started_at NULLS LAST, s.step_id)
-                FILTER (WHERE s.step_id IS NOT NULL), '[]') AS steps
-FROM runs r LEFT JOIN run_steps s ON s.run_id = r.id
-WHERE r.id = $1 AND ($2::text IS NULL OR r.owner_id = $2)
-GROUP BY r.id;
+-- of list_run_steps) as a JSON array: one statement, so both describe the same moment. The
+-- rounds procedure returns an ended run the same way (migrations/0008).
+SELECT r.*, stepwell_run_steps(r.id) AS steps
+FROM runs r
+WHERE r.id = $1 AND ($2::text IS NULL OR r.owner_id = $2);
 
 -- name: get_run_for_actor
 -- $1 id
@@ -106,5 +102,6 @@ SELECT id, base_seq FROM stepwell_persist_changes($1, $2);
 -- name: commit_run_rounds
 -- $1 node_id, $2 a JSON array of one run's rounds, each a document as persist_run_changes
 -- takes: committed one after another, each in its own transaction (a procedure, one round
--- trip). Returns the procedure's `results` (see migrations/0008).
+-- trip). Returns the procedure's `results`, and `final` and `final_steps` when the last round
+-- ended the run (see migrations/0008).
 CALL stepwell_commit_rounds($1, $2);

@@ -278,4 +278,9 @@ async def test_rounds_in_one_call_write_what_batches_write(pool: asyncpg.Pool[An
     assert [s["status"] for s in expected["steps"]] == ["succeeded", "failed", "skipped"]
     assert expected["commands"] == [{"outcome": "applied", "processed": True}]
     assert await written(pool, together) == expected
+    # The call whose last round ended the run returned it, as get_run_detail reads it; a run
+    # that ended through batches has nothing kept.
+    detail = await pool.fetchrow(queries["get_run_detail"], together, None)
+    assert detail is not None and writer.ended(together) == dict(detail)
+    assert writer.ended(together) is None and writer.ended(alone) is None
     await writer.close()

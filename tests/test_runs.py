@@ -274,6 +274,36 @@ async def test_start_and_wait_for_the_end(client: Client, publish: Publish) -> N
     assert resp.status == 422
 
 
+async def test_start_and_wait_answers_what_a_later_read_shows(
+    client: Client, publish: Publish
+) -> None:
+    # A chain of pure steps ends in the call that commits its rounds, which returns the ended
+    # run; the answer must be exactly what GET /runs/{id} reads afterwards.
+    ok = [
+        {"id": "a", "type": "transform", "data": {"output": {"n": "{{ input.n }}"}}},
+        {"id": "gate", "type": "condition", "data": {"expression": "steps.a.output.n > `1`"}},
+        {"id": "big", "type": "transform", "data": {"output": {"size": "big"}}},
+        {"id": "small", "type": "transform", "data": {"output": {"size": "small"}}},
+    ]
+    edges = [edge("a", "gate"), edge("gate", "big", "true"), edge("gate", "small", "false")]
+    broken = [
+        {"id": "a", "type": "transform", "data": {"output": {"n": 1}}},
+        {"id": "b", "type": "transform", "data": {"output": {"x": "{{ length(input.n) }}"}}},
+    ]
+    for nodes, links, status in ((ok, edges, "succeeded"), (broken, [edge("a", "b")], "failed")):
+        wf = await publish(nodes, links)
+        resp = await client.post(
+            f"/api/v1/workflows/{wf['id']}/run?wait_s=10", json={"input": {"n": 2}}, headers=auth()
+        )
+        assert resp.status == 200
+        answered = (await resp.json())["data"]
+        assert answered["status"] == status
+        resp = await client.get(f"/api/v1/runs/{answered['id']}", headers=auth())
+        assert (await resp.json())["data"] == answered
+    assert answered["error"]["step_id"] == "b"
+    assert answered["step_statuses"] == {"a": "succeeded", "b": "failed"}
+
+
 async def test_metrics_count_requests_and_ended_runs(client: Client, publish: Publish) -> None:
     wf = await publish([{"id": "t", "type": "transform", "data": {"output": {}}}])
     resp = await client.post(f"/api/v1/workflows/{wf['id']}/run?wait_s=10", json={}, headers=auth())
