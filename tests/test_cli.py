@@ -9,8 +9,9 @@ from pathlib import Path
 
 import jwt
 import pytest
+import uvloop
 
-from runtime.cli import main
+from runtime.cli import _event_loop, main
 from runtime.config import Config, ConfigError
 
 
@@ -66,6 +67,15 @@ def test_serve_without_a_secret_is_a_clear_error(
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "STEPWELL_JWT_SECRET" in err and "make run" in err
+
+
+def test_serve_runs_on_uvloop_where_installed() -> None:
+    loop = _event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        if loop is not None:
+            loop.close()
 
 
 def test_config_rejects_bad_values() -> None:
