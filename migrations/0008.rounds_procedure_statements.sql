@@ -27,8 +27,10 @@ $fn$;
 -- {"fenced": true}. When the last round committed ends the run, `final` is the run's row
 -- and `final_steps` its steps (stepwell_run_steps) as they are after that commit; otherwise
 -- both are NULL. Call it outside a transaction block.
-DROP PROCEDURE stepwell_commit_rounds(text, jsonb, jsonb);
-CREATE PROCEDURE stepwell_commit_rounds(
+-- It has a name of its own: stepwell_commit_rounds (0007) stays as it was for processes of
+-- the previous release still running while a new one starts (their documents carry no
+-- new-row counts, and they could not decode the returned row). A later migration drops it.
+CREATE PROCEDURE stepwell_write_rounds(
     node text, rounds jsonb, INOUT results jsonb DEFAULT NULL, INOUT final runs DEFAULT NULL,
     INOUT final_steps jsonb DEFAULT NULL
 )

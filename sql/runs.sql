@@ -104,4 +104,4 @@ SELECT id, base_seq FROM stepwell_persist_changes($1, $2);
 -- takes: committed one after another, each in its own transaction (a procedure, one round
 -- trip). Returns the procedure's `results`, and `final` and `final_steps` when the last round
 -- ended the run (see migrations/0008).
-CALL stepwell_commit_rounds($1, $2);
+CALL stepwell_write_rounds($1, $2);
