@@ -29,7 +29,7 @@ from actors.run import RunActor
 from actors.run_messages import Poke
 from actors.run_store import LeaseLost, Transition, persist
 from actors.run_writer import RunWriter
-from actors.runs import start_run
+from actors.runs import PreparedRun, StartedRun, insert_run, start_run
 from actors.steps.context import StepFailed
 from actors.training import TERMINAL as TRAINING_TERMINAL
 from actors.training import create_training_job
@@ -38,6 +38,7 @@ from actors.training_local import LocalTrainingBackend
 from actors.training_vertex import VertexTrainingBackend
 from runtime.bus import EventBus
 from runtime.config import Config, ConfigError
+from runtime.db import Conn
 from runtime.errors import ApiError
 from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER, METRICS, STORAGE
 from runtime.metrics import Metrics
@@ -125,6 +126,26 @@ class RunDispatcher:
             return
         # A new actor reads the run and its pending commands as it starts.
         self.registry.get_or_spawn(str(run_id), lambda: RunActor(run_id, self, created))
+
+    async def begin_run(self, conn: Conn, prepared: PreparedRun) -> StartedRun:
+        """Write a prepared run, then have its owner carry it on.
+
+        When this process holds the run's shard, the run's actor starts at once and plans
+        its first rounds while the insert is on its way; it writes nothing before the insert
+        has committed, and stops without a trace if the insert fails (the error is the
+        caller's to answer).
+        """
+        run_id = prepared.run_id
+        if self.shards.lease_for(shard_of(run_id)) is None:
+            started = await insert_run(conn, prepared)
+            await self.wake(run_id, started.actor_row())
+            return started
+        inserting = asyncio.ensure_future(insert_run(conn, prepared))
+        provisional = prepared.provisional_row()
+        self.registry.get_or_spawn(
+            str(run_id), lambda: RunActor(run_id, self, provisional, inserting)
+        )
+        return await inserting
 
     async def _on_bus_command(self, kind: str, key: UUID) -> None:
         if self.shards.lease_for(shard_of(key)) is None:

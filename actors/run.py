@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from actors import commands
@@ -29,6 +29,9 @@ from actors.templates import TemplateError, render
 from runtime.shards import Lease
 from runtime.sql import queries
 
+if TYPE_CHECKING:
+    from actors.runs import StartedRun
+
 log = logging.getLogger(__name__)
 DEADLINE = "__deadline__"
 
@@ -38,6 +41,10 @@ DEADLINE = "__deadline__"
 Round = tuple[Transition, RunState, list[tuple[str, int]]]
 # Pure rounds planned ahead at most (a chain of pure steps longer than this is sent in parts).
 MAX_ROUNDS = 64
+
+
+class RunNotCreated(Exception):
+    """The insert an actor was planning ahead of failed: there is no run to carry on."""
 
 
 def _consume(future: asyncio.Future[int | None]) -> None:
@@ -50,7 +57,11 @@ class RunActor(Actor):
     """The only writer of one run while this process holds the run's shard."""
 
     def __init__(
-        self, run_id: UUID, services: RunServices, created: Mapping[str, Any] | None = None
+        self,
+        run_id: UUID,
+        services: RunServices,
+        created: Mapping[str, Any] | None = None,
+        inserting: asyncio.Future[StartedRun] | None = None,
     ) -> None:
         super().__init__(str(run_id))
         self.run_id = run_id
@@ -58,6 +69,10 @@ class RunActor(Actor):
         # The row of a run just created by this process: nothing to read back, and no command
         # can predate this actor (one sent meanwhile finds it and pokes it).
         self.created = created
+        # The insert of that row, when it is still on its way: `created` is then the row as
+        # the insert will return it, and the actor plans its first rounds meanwhile. It
+        # writes nothing, starts and tells nothing, before the insert has committed.
+        self.inserting = inserting
         self.run: dict[str, Any] = {}
         self.run_state: RunState | None = None
         self.lease: Lease | None = None
@@ -87,7 +102,10 @@ class RunActor(Actor):
         steps = [] if pending else await pool.fetch(queries["list_run_steps"], self.run_id)
         self.run_state = RunState.load(self.run, [dict(s) for s in steps])
         if not self.run_state.terminal:
-            await self._recover()
+            try:
+                await self._recover()
+            except RunNotCreated:  # the start was refused (the caller says why): no run
+                self.stop()
             return
         # Only a command (a retry) brings an ended run back; its commit starts what is due.
         await self._apply_commands()
@@ -114,6 +132,7 @@ class RunActor(Actor):
             scratch.run_status = "running"
             t.run("running", "run.started")
         await self._commit(t, scratch)
+        await self._inserted()
         await self._arm_deadline()
         if self.created is None:
             await self._apply_commands()
@@ -247,6 +266,7 @@ class RunActor(Actor):
         for previous, _, _ in rounds[:-1]:
             seq += len(previous.events)
             after.append(seq)
+        await self._inserted()
         assert self.lease is not None  # noqa: S101 - set in on_start
         commits = self.services.writer.submit_rounds(
             self.run_id, self.lease, [r[0] for r in rounds], after
@@ -268,6 +288,22 @@ class RunActor(Actor):
             if scratch.terminal:
                 await self._finish(t)
                 return
+
+    async def _inserted(self) -> None:
+        """Wait for the run's row when its insert is still on its way; then take that row."""
+        if self.inserting is None:
+            return
+        inserting, self.inserting = self.inserting, None
+        try:
+            # Shielded: only the caller decides whether its insert goes on.
+            started = await asyncio.shield(inserting)
+        except asyncio.CancelledError:
+            if inserting.cancelled():  # the caller went away before its insert was done
+                raise RunNotCreated("the start was cancelled") from None
+            raise  # this actor is being stopped
+        except Exception as exc:
+            raise RunNotCreated(str(exc)) from exc
+        self.run = started.actor_row()
 
     def _submit(self, t: Transition, after_seq: int | None = None) -> asyncio.Future[int | None]:
         assert self.lease is not None  # noqa: S101 - set in on_start

@@ -2,6 +2,8 @@
 
 Both only write; the caller commits, then asks the dispatcher to wake the run's owner
 (design invariant 4: a command accepted with 2xx is in the database before anyone acts on it).
+A start can also be prepared (checked, not written) and handed to `Dispatcher.begin_run`,
+whose actor plans while the insert is on its way but acts only after it has committed.
 """
 
 from __future__ import annotations
@@ -102,7 +104,37 @@ async def start_run(conn: Conn, workflow_id: UUID, **kwargs: Any) -> asyncpg.Rec
     return (await create_run(conn, workflow_id, **kwargs)).row
 
 
-async def create_run(
+async def create_run(conn: Conn, workflow_id: UUID, **kwargs: Any) -> StartedRun:
+    """Create a pending run of a published workflow, with the definition it runs."""
+    return await insert_run(conn, await prepare_run(conn, workflow_id, **kwargs))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRun:
+    """A start that was checked (the workflow runs, the input fits) but is not written yet."""
+
+    run_id: UUID
+    workflow_id: UUID
+    workflow: Runnable
+    owner: str | None  # whose workflows the caller may start (None: any)
+    values: dict[str, Any]  # the run row's columns that the caller sets
+    audit: AuditContext | None
+
+    def provisional_row(self) -> dict[str, Any]:
+        """The row the insert will return, as far as planning the run's first steps needs it:
+        an actor may plan (never act) from it while the insert is on its way."""
+        return {
+            **self.values,
+            "status": "pending",
+            "last_seq": 1,
+            "output": None,
+            "error": None,
+            "deadline_at": None,
+            "definition": self.workflow.definition,
+        }
+
+
+async def prepare_run(
     conn: Conn,
     workflow_id: UUID,
     *,
@@ -115,8 +147,8 @@ async def create_run(
     scheduled_for: datetime | None = None,
     parent: tuple[UUID, str, int] | None = None,
     schedule_id: UUID | None = None,
-) -> StartedRun:
-    """Create a pending run of a published workflow, with the definition it runs."""
+) -> PreparedRun:
+    """Check a start (404/409/422 as due) and fix its run id; nothing is written."""
     workflow = await _runnable(conn, workflow_id, owner)
     errors = workflow.input_errors(run_input)
     if errors:
@@ -125,32 +157,62 @@ async def create_run(
         )
     run_id = uuid.uuid4()
     parent_id, parent_step, parent_attempt = parent or (None, None, None)
+    values = {
+        "id": run_id,
+        "shard": shard_of(run_id),
+        "workflow_id": workflow_id,
+        "workflow_version": workflow.version,
+        "owner_id": workflow.owner_id,
+        "trigger_type": trigger_type,
+        "input": run_input,
+        "timeout_s": timeout_s or workflow.definition.get("timeout_s"),
+        "scheduled_for": scheduled_for,
+        "parent_run_id": parent_id,
+        "parent_step_id": parent_step,
+        "parent_attempt": parent_attempt,
+        "created_by": created_by,
+        "schedule_id": schedule_id,
+    }
+    return PreparedRun(run_id, workflow_id, workflow, owner, values, audit)
+
+
+async def insert_run(conn: Conn, prepared: PreparedRun) -> StartedRun:
+    """Write a prepared run (the run row is the start command), its first event and its
+    audit entry, in one statement."""
+    v, audit = prepared.values, prepared.audit
     run = await conn.fetchrow(
         queries["insert_run"],
-        run_id,
-        shard_of(run_id),
-        workflow_id,
-        workflow.version,
-        workflow.owner_id,
-        trigger_type,
-        run_input,
-        timeout_s or workflow.definition.get("timeout_s"),
-        scheduled_for,
-        parent_id,
-        parent_step,
-        parent_attempt,
-        created_by,
-        schedule_id,
+        *(v[column] for column in _INSERTED),
         audit.principal.user_id if audit else None,
         audit.request_id if audit else None,
-        {"workflow_id": str(workflow_id), "trigger": trigger_type},
+        {"workflow_id": str(prepared.workflow_id), "trigger": v["trigger_type"]},
     )
     if run is None:
+        workflow_id = prepared.workflow_id
         if workflow_id in _RUNNABLE:  # archived meanwhile? Read it again to say so.
             del _RUNNABLE[workflow_id]
-            await _runnable(conn, workflow_id, owner)
+            await _runnable(conn, workflow_id, prepared.owner)
         raise Conflict("this step attempt already started its child run")
-    return StartedRun(run, workflow.definition)
+    return StartedRun(run, prepared.workflow.definition)
+
+
+# insert_run's $1..$14, in order.
+_INSERTED = (
+    "id",
+    "shard",
+    "workflow_id",
+    "workflow_version",
+    "owner_id",
+    "trigger_type",
+    "input",
+    "timeout_s",
+    "scheduled_for",
+    "parent_run_id",
+    "parent_step_id",
+    "parent_attempt",
+    "created_by",
+    "schedule_id",
+)
 
 
 # command kind -> run statuses it is accepted in

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from actors.run import RunActor
-from actors.runs import TERMINAL, StartedRun, create_run, record_command
+from actors.runs import TERMINAL, prepare_run, record_command
 from actors.steps import approval
 from handlers.common import (
     audit_ctx,
@@ -33,6 +33,7 @@ from handlers.common import (
     validated,
 )
 from handlers.run_views import event_json, log_line, run_detail
+from runtime.bus import Subscription
 from runtime.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from runtime.keys import DB_POOL, DISPATCHER
 from runtime.pagination import PageQuerySchema
@@ -147,51 +148,51 @@ async def start(request: web.Request) -> web.Response:
     body = validated(request)
     wait_s = validated(request, "query").get("wait_s")
     principal = principal_of(request)
-    # No transaction block: the run, its first event and its audit entry are one statement.
-    async with request.app[DB_POOL].acquire() as conn:
-        started = await create_run(
-            conn,
-            _run_id(request),
-            owner=principal.owner_filter,
-            created_by=principal.user_id,
-            trigger_type="api",
-            run_input=body["input"],
-            timeout_s=body.get("timeout_s"),
-            audit=audit_ctx(request),
-        )
-    run = started.row
-    if wait_s:
-        return await _started_and_waited(request, started, wait_s)
-    await request.app[DISPATCHER].wake(run["id"], started.actor_row())
-    return ok(record_json(run), status=202)
+    dispatcher = request.app[DISPATCHER]
+    with contextlib.ExitStack() as stack:
+        # No transaction block: the run, its first event and its audit entry are one statement.
+        async with request.app[DB_POOL].acquire() as conn:
+            prepared = await prepare_run(
+                conn,
+                _run_id(request),
+                owner=principal.owner_filter,
+                created_by=principal.user_id,
+                trigger_type="api",
+                run_input=body["input"],
+                timeout_s=body.get("timeout_s"),
+                audit=audit_ctx(request),
+            )
+            # Watching before the run exists: no ending can be missed.
+            sub = stack.enter_context(dispatcher.bus.subscribe(prepared.run_id)) if wait_s else None
+            started = await dispatcher.begin_run(conn, prepared)
+        if sub is None or not wait_s:
+            return ok(record_json(started.row), status=202)
+        return await _waited(request, started.row["id"], sub, wait_s)
 
 
-async def _started_and_waited(
-    request: web.Request, started: StartedRun, wait_s: float
+async def _waited(
+    request: web.Request, run_id: UUID, sub: Subscription, wait_s: float
 ) -> web.Response:
-    """Wake the run, then answer when it ends (200) or when `wait_s` is up (202)."""
+    """Answer when the run ends (200) or when `wait_s` is up (202)."""
     dispatcher, pool = request.app[DISPATCHER], request.app[DB_POOL]
-    run_id = started.row["id"]
     deadline = asyncio.get_running_loop().time() + wait_s
-    with dispatcher.bus.subscribe(run_id) as sub:  # before the wake: no ending can be missed
-        await dispatcher.wake(run_id, started.actor_row())
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            actor = dispatcher.registry.get(str(run_id))
-            if actor is not None:
-                # Executing here: its actor stops when the run has ended (or is handed over),
-                # so there is nothing to re-read until then.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(left, 0)):
-                        await actor.stopped.wait()
-            # The commit that ended the run may have returned it, read after that commit.
-            ended = actor.ended if isinstance(actor, RunActor) and actor.stopped.is_set() else None
-            run = ended or await pool.fetchrow(queries["get_run_detail"], run_id, None)
-            assert run is not None  # noqa: S101 - created above; runs are never deleted
-            left = deadline - asyncio.get_running_loop().time()
-            if run["status"] in TERMINAL or left <= 0:
-                break
-            await sub.wait(min(left, 1.0))
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        actor = dispatcher.registry.get(str(run_id))
+        if actor is not None:
+            # Executing here: its actor stops when the run has ended (or is handed over),
+            # so there is nothing to re-read until then.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(left, 0)):
+                    await actor.stopped.wait()
+        # The commit that ended the run may have returned it, read after that commit.
+        ended = actor.ended if isinstance(actor, RunActor) and actor.stopped.is_set() else None
+        run = ended or await pool.fetchrow(queries["get_run_detail"], run_id, None)
+        assert run is not None  # noqa: S101 - created above; runs are never deleted
+        left = deadline - asyncio.get_running_loop().time()
+        if run["status"] in TERMINAL or left <= 0:
+            break
+        await sub.wait(min(left, 1.0))
     if run["status"] not in TERMINAL:
         return ok(record_json(run, skip=("steps",)), status=202)
     return ok(run_detail(run))

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from datetime import datetime
 from typing import Any
 
+import pytest
+
+from runtime.keys import DISPATCHER
 from tests.conftest import Client, Publish, auth, events_of, start_run, wait_run
 from tests.outside import Outside
 
@@ -200,6 +206,43 @@ async def test_inputs_are_validated_and_only_published_workflows_run(
     assert resp.status == 409 and "archived" in (await resp.json())["error"]["message"]
     resp = await client.get("/api/v1/runs", headers=auth())
     assert (await resp.json())["pagination"]["total"] == 0
+
+
+async def test_a_refused_start_leaves_no_run_and_no_actor(
+    client: Client, publish: Publish, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The run's actor starts planning while its row is being inserted; when the insert is
+    # refused (the workflow was archived after this process cached it), the actor must go
+    # without writing anything or failing anything.
+    nodes = [{"id": f"s{i}", "type": "transform", "data": {"output": {"i": i}}} for i in range(3)]
+    wf = await publish(nodes, [edge("s0", "s1"), edge("s1", "s2")])
+    url = f"/api/v1/workflows/{wf['id']}/run"
+    resp = await client.post(url + "?wait_s=10", json={}, headers=auth())
+    assert resp.status == 200 and (await resp.json())["data"]["status"] == "succeeded"
+    await client.delete(f"/api/v1/workflows/{wf['id']}", headers=auth())
+    caplog.set_level(logging.ERROR)
+    for query in ("", "?wait_s=5"):
+        resp = await client.post(url + query, json={}, headers=auth())
+        assert resp.status == 409 and "archived" in (await resp.json())["error"]["message"]
+    resp = await client.get("/api/v1/runs", headers=auth())
+    assert (await resp.json())["pagination"]["total"] == 1
+    registry = client.app[DISPATCHER].registry
+
+    def run_actors() -> list[str]:
+        keys, actors = [], registry.keys()
+        for key in actors:
+            try:
+                keys.append(str(uuid.UUID(key)))
+            except ValueError:
+                continue  # not a run's actor (cron, training jobs)
+        return keys
+
+    for _ in range(100):
+        if not run_actors():
+            break
+        await asyncio.sleep(0.02)
+    assert run_actors() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_idempotent_start_returns_the_first_run(client: Client, publish: Publish) -> None:
