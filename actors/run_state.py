@@ -26,8 +26,6 @@ class RunState:
     errors: dict[str, Any] = field(default_factory=dict)
     wake_at: dict[str, datetime | None] = field(default_factory=dict)
     started_at: dict[str, datetime | None] = field(default_factory=dict)
-    # Steps with a row in the database (committed, or planned in a round before this one).
-    recorded: set[str] = field(default_factory=set)
 
     @classmethod
     def load(cls, run: Mapping[str, Any], steps: list[Mapping[str, Any]]) -> RunState:
@@ -44,7 +42,6 @@ class RunState:
             state.errors[sid] = row["error"]
             state.wake_at[sid] = row["wake_at"]
             state.started_at[sid] = row["started_at"]
-            state.recorded.add(sid)
         return state
 
     def copy(self) -> RunState:
@@ -58,7 +55,6 @@ class RunState:
             dict(self.errors),
             dict(self.wake_at),
             dict(self.started_at),
-            set(self.recorded),
         )
 
     @property
@@ -97,9 +93,6 @@ class RunState:
         """Add a step change to the transition and to this (scratch) state."""
         t.step(change, event, **data)
         sid = change.step_id
-        if sid not in self.recorded:
-            t.new_steps.add(sid)
-            self.recorded.add(sid)
         self.statuses[sid] = StepStatus(change.status)
         self.attempts[sid] = change.attempt
         self.outputs[sid] = change.output

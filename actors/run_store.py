@@ -54,9 +54,6 @@ class Transition:
     run_output: Any = None
     commands: list[int] = field(default_factory=list)
     outcome: str | None = None
-    # Steps that have no row yet (nor attempts): their rows are plain inserts, with no
-    # conflict to look for. Left empty, every row is written as an upsert.
-    new_steps: set[str] = field(default_factory=set)
 
     def step(self, change: StepChange, event: str, **data: Any) -> None:
         self.steps.append(change)
@@ -145,8 +142,6 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
             for c in reversed(t.steps)
             if c.recorded_result() and c.attempt > 0
         }.values()
-        new_steps = sum(c.step_id in t.new_steps for c in steps)
-        new_attempts = sum(c.step_id in t.new_steps for c in finished)
         doc["runs"].append(
             {
                 "id": rid,
@@ -157,12 +152,6 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
                 "error": t.run_error,
                 "output": t.run_output,
                 "expect": change.after_seq,
-                # How many rows of each kind are new and how many may exist: the rounds
-                # procedure skips the statements with nothing to write.
-                "new_steps": new_steps,
-                "old_steps": len(steps) - new_steps,
-                "new_attempts": new_attempts,
-                "old_attempts": len(finished) - new_attempts,
             }
         )
         for c in steps:
@@ -176,7 +165,6 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
                     "output": c.output,
                     "error": c.error,
                     "wake_at": wake_at,
-                    "new": c.step_id in t.new_steps,
                 }
             )
         for position, e in enumerate(t.events, start=1):
@@ -200,7 +188,6 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
                     "result": c.recorded_result(),
                     "output": c.output,
                     "error": c.error,
-                    "new": c.step_id in t.new_steps,
                 }
             )
     return doc

@@ -1,10 +1,8 @@
 -- A run's rounds are committed by plain statements about that one run, not by the group
 -- commit function: the function's joins, its table result and its record sets are built for
--- a batch of many runs, and for a round of one run they cost more than the writes do. Rows
--- of steps that had none are written by plain inserts (the document says which).
+-- a batch of many runs, and for a round of one run they cost more than the writes do.
 -- Measured on 10 rounds of the benchmark's no-op chain, in the database: 9.6 ms for the call
--- against 11.2 ms through the function, and 8.0 ms without upserts (bare INSERT+COMMIT x 10:
--- 5.3 ms).
+-- against 11.2 ms through the function (bare INSERT+COMMIT x 10: 5.3 ms).
 -- When the last round ends the run, the call also returns the ended run with its steps, as
 -- get_run_detail reads them: whoever waits for the run needs no read of its own.
 -- depends: 0007.run_commit_procedure
@@ -20,16 +18,15 @@ LANGUAGE sql STABLE AS $fn$
 $fn$;
 
 -- Commits `rounds` (a JSON array of documents as stepwell_persist_changes takes, each holding
--- one change of the same run, whose `runs` entry also counts its new_steps, old_steps,
--- new_attempts and old_attempts, and whose steps and attempts say whether they are `new`) one after another, each in its own transaction, and stops at
+-- one change of the same run) one after another, each in its own transaction, and stops at
 -- the first that was fenced off or did not apply. `results` holds one object per round tried:
 -- {"base_seq": n}, {"base_seq": null} (the run was not at the round's `expect`) or
 -- {"fenced": true}. When the last round committed ends the run, `final` is the run's row
 -- and `final_steps` its steps (stepwell_run_steps) as they are after that commit; otherwise
 -- both are NULL. Call it outside a transaction block.
 -- It has a name of its own: stepwell_commit_rounds (0007) stays as it was for processes of
--- the previous release still running while a new one starts (their documents carry no
--- new-row counts, and they could not decode the returned row). A later migration drops it.
+-- the previous release still running while a new one starts (they could not decode the
+-- returned row). A later migration drops it.
 CREATE PROCEDURE stepwell_write_rounds(
     node text, rounds jsonb, INOUT results jsonb DEFAULT NULL, INOUT final runs DEFAULT NULL,
     INOUT final_steps jsonb DEFAULT NULL
@@ -81,22 +78,7 @@ BEGIN
             results := results || jsonb_build_array(jsonb_build_object('base_seq', NULL));
             EXIT;
         END IF;
-        -- Rows of steps that had none are plain inserts: no conflict to look for, which
-        -- is most of what an upsert costs.
-        IF (change ->> 'new_steps')::int > 0 THEN
-            INSERT INTO run_steps (run_id, step_id, status, attempt, output, error, wake_at,
-                                   started_at, completed_at)
-            SELECT rid, c.step_id, c.status, c.attempt, c.output, c.error, c.wake_at,
-                   CASE WHEN c.status IN ('running', 'succeeded', 'failed')
-                        THEN clock_timestamp() END,
-                   CASE WHEN c.status IN ('succeeded', 'failed', 'skipped', 'cancelled')
-                        THEN clock_timestamp() END
-            FROM jsonb_to_recordset(doc -> 'steps')
-                AS c(step_id text, status text, attempt int, output jsonb, error jsonb,
-                     wake_at timestamptz, new boolean)
-            WHERE c.new;
-        END IF;
-        IF (change ->> 'old_steps')::int > 0 THEN
+        IF jsonb_array_length(doc -> 'steps') > 0 THEN
             INSERT INTO run_steps AS s (run_id, step_id, status, attempt, output, error,
                                         wake_at, started_at, completed_at)
             SELECT rid, c.step_id, c.status, c.attempt, c.output, c.error, c.wake_at,
@@ -106,8 +88,7 @@ BEGIN
                         THEN clock_timestamp() END
             FROM jsonb_to_recordset(doc -> 'steps')
                 AS c(step_id text, status text, attempt int, output jsonb, error jsonb,
-                     wake_at timestamptz, new boolean)
-            WHERE NOT c.new
+                     wake_at timestamptz)
             ON CONFLICT (run_id, step_id) DO UPDATE SET
                 status = EXCLUDED.status, attempt = EXCLUDED.attempt, output = EXCLUDED.output,
                 error = EXCLUDED.error, wake_at = EXCLUDED.wake_at,
@@ -115,21 +96,11 @@ BEGIN
                                   ELSE coalesce(s.started_at, EXCLUDED.started_at) END,
                 completed_at = EXCLUDED.completed_at;
         END IF;
-        IF (change ->> 'new_attempts')::int > 0 THEN
+        IF jsonb_array_length(doc -> 'attempts') > 0 THEN
             INSERT INTO step_attempts (run_id, step_id, attempt, status, output, error)
             SELECT rid, a.step_id, a.attempt, a.result, a.output, a.error
             FROM jsonb_to_recordset(doc -> 'attempts')
-                AS a(step_id text, attempt int, result text, output jsonb, error jsonb,
-                     new boolean)
-            WHERE a.new;
-        END IF;
-        IF (change ->> 'old_attempts')::int > 0 THEN
-            INSERT INTO step_attempts (run_id, step_id, attempt, status, output, error)
-            SELECT rid, a.step_id, a.attempt, a.result, a.output, a.error
-            FROM jsonb_to_recordset(doc -> 'attempts')
-                AS a(step_id text, attempt int, result text, output jsonb, error jsonb,
-                     new boolean)
-            WHERE NOT a.new
+                AS a(step_id text, attempt int, result text, output jsonb, error jsonb)
             ON CONFLICT DO NOTHING;
         END IF;
         IF n_events > 0 THEN
