@@ -101,12 +101,7 @@ class StartedRun:
 
 async def start_run(conn: Conn, workflow_id: UUID, **kwargs: Any) -> asyncpg.Record:
     """Create a pending run of a published workflow (the run row is the start command)."""
-    return (await create_run(conn, workflow_id, **kwargs)).row
-
-
-async def create_run(conn: Conn, workflow_id: UUID, **kwargs: Any) -> StartedRun:
-    """Create a pending run of a published workflow, with the definition it runs."""
-    return await insert_run(conn, await prepare_run(conn, workflow_id, **kwargs))
+    return (await insert_run(conn, await prepare_run(conn, workflow_id, **kwargs))).row
 
 
 @dataclass(frozen=True, slots=True)

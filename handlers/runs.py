@@ -165,7 +165,7 @@ async def start(request: web.Request) -> web.Response:
             # Watching before the run exists: no ending can be missed.
             sub = stack.enter_context(dispatcher.bus.subscribe(prepared.run_id)) if wait_s else None
             started = await dispatcher.begin_run(conn, prepared)
-        if sub is None or not wait_s:
+        if not wait_s or sub is None:  # the same thing, said for the type checker
             return ok(record_json(started.row), status=202)
         return await _waited(request, started.row["id"], sub, wait_s)
 

@@ -69,6 +69,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, allow_nan=False)
 
 
+# jsonb's binary form is a version byte and the JSON text.
+JSONB_VERSION = b"\x01"
+
+
 def _encode_jsonb(value: Any) -> bytes:
     return JSONB_VERSION + _dumps(value).encode()
 
@@ -79,10 +83,6 @@ def _decode_jsonb(data: bytes) -> Any:
 
 def _encode_json(value: Any) -> bytes:
     return _dumps(value).encode()
-
-
-# jsonb's binary form is a version byte and the JSON text.
-JSONB_VERSION = b"\x01"
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
