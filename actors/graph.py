@@ -137,7 +137,10 @@ def next_steps(
 
     Skips are applied as they are found, so one call returns a whole skipped branch.
     """
-    current = dict(statuses)
+    # Called once per planned round: no copy of the statuses unless a skip needs one, and no
+    # list of edge states per step.
+    current: Mapping[str, StepStatus] = statuses
+    copied: dict[str, StepStatus] | None = None
     start: list[str] = []
     skip: list[str] = []
     changed = True
@@ -146,13 +149,22 @@ def next_steps(
         for node_id in graph.nodes:
             if current.get(node_id, StepStatus.PENDING) != StepStatus.PENDING or node_id in start:
                 continue
-            states = [_edge_state(e, current, outputs) for e in graph.incoming.get(node_id, ())]
-            if "open" in states:
+            edges = graph.incoming.get(node_id, ())
+            decided, live = True, not edges
+            for edge in edges:
+                state = _edge_state(edge, current, outputs)
+                if state == "open":
+                    decided = False
+                    break
+                live = live or state == "live"
+            if not decided:
                 continue
-            if not states or "live" in states:
+            if live:
                 start.append(node_id)
             else:
                 skip.append(node_id)
-                current[node_id] = StepStatus.SKIPPED
+                copied = dict(current) if copied is None else copied
+                copied[node_id] = StepStatus.SKIPPED
+                current = copied
                 changed = True
     return start, skip

@@ -11,6 +11,7 @@ from actors.graph import Graph, StepStatus, graph_of
 from actors.run_store import StepChange, Transition
 
 TERMINAL_RUN = frozenset({"succeeded", "failed", "cancelled"})
+_ENDED = frozenset(s for s in StepStatus if s.terminal)
 
 
 @dataclass(slots=True)
@@ -112,14 +113,19 @@ class RunState:
         # One pass over the steps: this runs once per planned round.
         failed: str | None = None
         ended, running, approvals = True, False, False
+        wake_at = self.wake_at
         for sid, status in self.statuses.items():
-            if status == StepStatus.FAILED:
-                failed = failed or sid
-            elif status == StepStatus.RUNNING or self.retry_pending(sid):
+            if status in _ENDED:
+                if status == StepStatus.FAILED and failed is None:
+                    failed = sid
+                continue
+            ended = False
+            if status == StepStatus.RUNNING:
                 running = True
+            elif status == StepStatus.PENDING:
+                running = running or wake_at.get(sid) is not None  # a retry is due later
             elif status == StepStatus.WAITING and self.graph.nodes[sid].type == "approval":
                 approvals = True
-            ended = ended and status.terminal
         if failed is not None:
             error = self.errors.get(failed) or {}
             return "failed", {"step_id": failed, "message": error.get("message", "failed")}
