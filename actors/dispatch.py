@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -25,11 +26,11 @@ from actors.cron import CronActor
 from actors.ml_operations import OPERATIONS
 from actors.model_cache import ModelCache
 from actors.registry import ActorRegistry
-from actors.run import RunActor
+from actors.run import RunActor, StartNotSent
 from actors.run_messages import Poke
 from actors.run_store import LeaseLost, Transition, persist
 from actors.run_writer import RunWriter
-from actors.runs import PreparedRun, StartedRun, insert_run, start_run
+from actors.runs import PreparedRun, insert_args, insert_run, refusal, start_run
 from actors.steps.context import StepFailed
 from actors.training import TERMINAL as TRAINING_TERMINAL
 from actors.training import create_training_job
@@ -53,6 +54,15 @@ StepOperation = Callable[["RunDispatcher", Mapping[str, Any], Mapping[str, Any]]
 SWEEP_INTERVAL_S = 2.0
 REAP_INTERVAL_S = 30.0
 MAX_IDLE_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class BegunRun:
+    """A run written and handed to its owner: its row as inserted, and the actor carrying it
+    in this process (None: another process owns its shard)."""
+
+    row: asyncpg.Record
+    actor: RunActor | None
 
 
 class RunDispatcher:
@@ -127,25 +137,50 @@ class RunDispatcher:
         # A new actor reads the run and its pending commands as it starts.
         self.registry.get_or_spawn(str(run_id), lambda: RunActor(run_id, self, created))
 
-    async def begin_run(self, conn: Conn, prepared: PreparedRun) -> StartedRun:
+    async def begin_run(
+        self, conn: Conn, prepared: PreparedRun, *, waited_for: bool = False
+    ) -> BegunRun:
         """Write a prepared run, then have its owner carry it on.
 
         When this process holds the run's shard, the run's actor starts at once and plans
         its first rounds while the insert is on its way; it writes nothing before the insert
         has committed, and stops without a trace if the insert fails (the error is the
-        caller's to answer).
+        caller's to answer). A run whose caller waits for its end (`waited_for`) is inserted
+        by its actor instead, with its first rounds in one call, when the writer is idle:
+        answering the start then waits for those rounds, but the end comes sooner.
         """
         run_id = prepared.run_id
         if self.shards.lease_for(shard_of(run_id)) is None:
             started = await insert_run(conn, prepared)
             await self.wake(run_id, started.actor_row())
-            return started
-        inserting = asyncio.ensure_future(insert_run(conn, prepared))
+            return BegunRun(started.row, None)
         provisional = prepared.provisional_row()
-        self.registry.get_or_spawn(
-            str(run_id), lambda: RunActor(run_id, self, provisional, inserting)
-        )
-        return await inserting
+        start = insert_args(prepared) if waited_for and self.writer.idle() else None
+        inserting: asyncio.Future[asyncpg.Record | None]
+        if start is None:
+            inserting = asyncio.ensure_future(
+                conn.fetchrow(queries["insert_run"], *insert_args(prepared))
+            )
+        else:
+            inserting = asyncio.get_running_loop().create_future()
+        actor = RunActor(run_id, self, provisional, inserting, start)
+        self.registry.get_or_spawn(str(run_id), lambda: actor)
+        if start is not None:  # however the actor ends, a start it did not send comes back
+            actor.start().add_done_callback(lambda _: actor.start_not_sent())
+        # Shielded: once sent with the rounds, the insert goes on whatever this caller does.
+        try:
+            row = await asyncio.shield(inserting) if start is not None else await inserting
+        except StartNotSent:  # the actor stopped before it sent it: insert it as others are
+            started = await insert_run(conn, prepared)
+            await self.wake(run_id, started.actor_row())
+            return BegunRun(started.row, self._run_actor(run_id))
+        if row is None:
+            raise await refusal(conn, prepared)
+        return BegunRun(row, actor)
+
+    def _run_actor(self, run_id: UUID) -> RunActor | None:
+        actor = self.registry.get(str(run_id))
+        return actor if isinstance(actor, RunActor) else None
 
     async def _on_bus_command(self, kind: str, key: UUID) -> None:
         if self.shards.lease_for(shard_of(key)) is None:

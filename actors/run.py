@@ -13,8 +13,10 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from actors import commands
 from actors.base import Actor, ActorStopped, MailboxFull
@@ -28,9 +30,6 @@ from actors.steps.context import StepContext, StepFailed, Wait
 from actors.templates import TemplateError, render
 from runtime.shards import Lease
 from runtime.sql import queries
-
-if TYPE_CHECKING:
-    from actors.runs import StartedRun
 
 log = logging.getLogger(__name__)
 DEADLINE = "__deadline__"
@@ -47,6 +46,10 @@ class RunNotCreated(Exception):
     """The insert an actor was planning ahead of failed: there is no run to carry on."""
 
 
+class StartNotSent(Exception):
+    """The actor that was to insert its run with its first rounds stopped before it sent them."""
+
+
 def _consume(future: asyncio.Future[int | None]) -> None:
     """Mark an abandoned commit's outcome as seen (it is moot once its predecessor failed)."""
     if not future.cancelled():
@@ -61,7 +64,8 @@ class RunActor(Actor):
         run_id: UUID,
         services: RunServices,
         created: Mapping[str, Any] | None = None,
-        inserting: asyncio.Future[StartedRun] | None = None,
+        inserting: asyncio.Future[asyncpg.Record | None] | None = None,
+        start: tuple[Any, ...] | None = None,
     ) -> None:
         super().__init__(str(run_id))
         self.run_id = run_id
@@ -71,8 +75,12 @@ class RunActor(Actor):
         self.created = created
         # The insert of that row, when it is still on its way: `created` is then the row as
         # the insert will return it, and the actor plans its first rounds meanwhile. It
-        # writes nothing, starts and tells nothing, before the insert has committed.
+        # writes nothing, starts and tells nothing, before the insert has committed; the
+        # future holds the inserted row (None: nothing was inserted).
         self.inserting = inserting
+        # insert_run's arguments when this actor is to send the insert itself, with its first
+        # rounds (the writer then settles `inserting`); None once sent.
+        self.insert_with_rounds = start
         self.run: dict[str, Any] = {}
         self.run_state: RunState | None = None
         self.lease: Lease | None = None
@@ -266,11 +274,7 @@ class RunActor(Actor):
         for previous, _, _ in rounds[:-1]:
             seq += len(previous.events)
             after.append(seq)
-        await self._inserted()
-        assert self.lease is not None  # noqa: S101 - set in on_start
-        commits = self.services.writer.submit_rounds(
-            self.run_id, self.lease, [r[0] for r in rounds], after
-        )
+        commits = await self._send([r[0] for r in rounds], after)
         for index, ((t, scratch, launches), committed) in enumerate(
             zip(rounds, commits, strict=True)
         ):
@@ -289,21 +293,55 @@ class RunActor(Actor):
                 await self._finish(t)
                 return
 
+    async def _send(
+        self, rounds: list[Transition], after: list[int | None]
+    ) -> list[asyncio.Future[int | None]]:
+        """Hand consecutive rounds to the writer once the run's row is in; with it, when this
+        actor is to insert the row itself."""
+        assert self.lease is not None  # noqa: S101 - set in on_start
+        writer = self.services.writer
+        if self.insert_with_rounds is None or self.inserting is None:
+            await self._inserted()
+            return writer.submit_rounds(self.run_id, self.lease, rounds, after)
+        insert, self.insert_with_rounds = self.insert_with_rounds, None
+        commits = writer.submit_start(
+            self.run_id, self.lease, insert, rounds, after, self.inserting
+        )
+        await self._inserted()
+        return commits
+
     async def _inserted(self) -> None:
         """Wait for the run's row when its insert is still on its way; then take that row."""
         if self.inserting is None:
             return
+        if (
+            self.insert_with_rounds is not None
+        ):  # never sent: its caller inserts it (and wakes the run)
+            self.start_not_sent()
+            raise RunNotCreated("the start goes back to its caller")
         inserting, self.inserting = self.inserting, None
         try:
             # Shielded: only the caller decides whether its insert goes on.
-            started = await asyncio.shield(inserting)
+            row = await asyncio.shield(inserting)
         except asyncio.CancelledError:
             if inserting.cancelled():  # the caller went away before its insert was done
                 raise RunNotCreated("the start was cancelled") from None
             raise  # this actor is being stopped
         except Exception as exc:
             raise RunNotCreated(str(exc)) from exc
-        self.run = started.actor_row()
+        if row is None:
+            raise RunNotCreated("the start was refused")
+        self.run = {**dict(row), "definition": self.run["definition"]}
+
+    def start_not_sent(self) -> None:
+        """Give a start this actor was to send, and did not, back to its caller (who inserts
+        it alone). Called when the actor's task ends, too."""
+        if (
+            self.insert_with_rounds is not None
+            and self.inserting is not None
+            and not self.inserting.done()
+        ):
+            self.inserting.set_exception(StartNotSent("the run's actor stopped before its start"))
 
     def _submit(self, t: Transition, after_seq: int | None = None) -> asyncio.Future[int | None]:
         assert self.lease is not None  # noqa: S101 - set in on_start

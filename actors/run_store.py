@@ -101,6 +101,13 @@ class RoundsWritten:
 
     bases: list[int | None]  # each round's base seq; None: not applied (nor any after it)
     ended: dict[str, Any] | None  # the run as get_run_detail reads it, when the rounds ended it
+    fenced: bool = False  # the lease was gone: the rounds from the one fenced off on were not
+
+    def lease_lost(self, lease: Lease) -> LeaseLost | None:
+        """The error the rounds' actor gets when they were fenced off."""
+        if not self.fenced:
+            return None
+        return LeaseLost(f"lease on shard {lease.shard} lost (token {lease.token})")
 
 
 async def commit_rounds(conn: Conn, changes: list[RunChange]) -> RoundsWritten:
@@ -111,14 +118,41 @@ async def commit_rounds(conn: Conn, changes: list[RunChange]) -> RoundsWritten:
     rounds = [_document([change]) for change in changes]
     row = await conn.fetchrow(queries["commit_run_rounds"], changes[0].lease.node_id, rounds)
     assert row is not None  # noqa: S101 - a CALL with an INOUT parameter returns one row
+    written = _rounds_written(row, len(changes))
+    lost = written.lease_lost(changes[0].lease)
+    if lost is not None:
+        raise lost
+    return written
+
+
+async def start_rounds(
+    conn: Conn, insert: tuple[Any, ...], changes: list[RunChange]
+) -> tuple[asyncpg.Record | None, RoundsWritten | None]:
+    """Insert a run (`insert`: insert_run's arguments) and commit its first rounds in one
+    call, the first round in the insert's transaction.
+
+    Returns the inserted row (None: nothing was inserted, as insert_run returning no row)
+    and what the rounds did (None with it). Rounds fenced off leave the run created, pending
+    or further, for the shard's next owner.
+    """
+    rounds = [_document([change]) for change in changes]
+    row = await conn.fetchrow(
+        queries["start_run_rounds"], changes[0].lease.node_id, *insert, rounds
+    )
+    assert row is not None  # noqa: S101 - a CALL with an INOUT parameter returns one row
+    if row["created"] is None:
+        return None, None
+    return row["created"], _rounds_written(row, len(changes))
+
+
+def _rounds_written(row: asyncpg.Record, rounds: int) -> RoundsWritten:
+    """What the rounds procedure's result row says of `rounds` rounds sent."""
     results: list[dict[str, Any]] = row["results"]
-    if results and results[-1].get("fenced"):
-        lease = changes[0].lease
-        raise LeaseLost(f"lease on shard {lease.shard} lost (token {lease.token})")
-    bases: list[int | None] = [r["base_seq"] for r in results]
+    fenced = bool(results and results[-1].get("fenced"))
+    bases: list[int | None] = [] if fenced else [r["base_seq"] for r in results]
     final = row["final"]
     ended = None if final is None else {**dict(final), "steps": row["final_steps"]}
-    return RoundsWritten(bases + [None] * (len(changes) - len(bases)), ended)
+    return RoundsWritten(bases + [None] * (rounds - len(bases)), ended, fenced)
 
 
 def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:

@@ -8,7 +8,8 @@ one at once (no timer, no added latency).
 
 A run's consecutive rounds of pure steps can be handed over together: an idle writer sends
 them in one procedure call that commits them one after another, each in its own transaction;
-a busy one lets each follow its predecessor's commit through the batches.
+a busy one lets each follow its predecessor's commit through the batches. A new run's insert
+can go with its first rounds in such a call (`submit_start`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,18 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from actors.run_store import LeaseLost, RunChange, Transition, commit_rounds, persist_many
+from actors.run_store import (
+    LeaseLost,
+    RoundsWritten,
+    RunChange,
+    Transition,
+    commit_rounds,
+    persist_many,
+    start_rounds,
+)
 from runtime.db import Conn
 from runtime.shards import Lease
+from runtime.sql import queries
 
 log = logging.getLogger(__name__)
 MAX_BATCH = 128
@@ -94,22 +104,54 @@ class RunWriter:
         round trip in between; otherwise each follows its predecessor as `submit` arranges.
         """
         before = self._latest.get(run_id)
-        idle = not self._queue and self._active < self.max_in_flight
-        if len(rounds) < 2 or not idle or (before is not None and not before.done()):
+        if len(rounds) < 2 or not self.idle() or (before is not None and not before.done()):
             return [
                 self.submit(run_id, lease, t, after)
                 for t, after in zip(rounds, after_seqs, strict=True)
             ]
+        waiters = self._waiters(run_id, lease, rounds, after_seqs)
+        self._start(lambda: self._commit_rounds(waiters))
+        return [future for _, future in waiters]
+
+    def submit_start(
+        self,
+        run_id: UUID,
+        lease: Lease,
+        insert: tuple[Any, ...],
+        rounds: list[Transition],
+        after_seqs: list[int | None],
+        created: asyncio.Future[asyncpg.Record | None],
+    ) -> list[asyncio.Future[int | None]]:
+        """Insert a run (`insert`: insert_run's arguments) and commit its first rounds in one
+        call, the first round in the insert's transaction; sent at once, however busy the
+        writer is (an insert cannot join a batch).
+
+        `created` gets the inserted row, or None when nothing was inserted (as insert_run
+        returning no row); each round's future then is cancelled, and otherwise holds what
+        `submit_rounds` gives. Should the call fail, `created` still says whether the run
+        exists (it is read again), and the rounds' futures hold the error.
+        """
+        waiters = self._waiters(run_id, lease, rounds, after_seqs)
+        self._start(lambda: self._commit_start(insert, created, waiters))
+        return [future for _, future in waiters]
+
+    def idle(self) -> bool:
+        """Nothing queued and a batch could leave at once."""
+        return not self._queue and self._active < self.max_in_flight
+
+    def _waiters(
+        self, run_id: UUID, lease: Lease, rounds: list[Transition], after_seqs: list[int | None]
+    ) -> list[Waiter]:
+        """A future per round of one run sent in one call; the last is the run's latest."""
         loop = asyncio.get_running_loop()
-        waiters: list[Waiter] = []
-        for t, after in zip(rounds, after_seqs, strict=True):
-            future: asyncio.Future[int | None] = loop.create_future()
-            waiters.append((RunChange(run_id, lease, t, after), future))
+        waiters: list[Waiter] = [
+            (RunChange(run_id, lease, t, after), loop.create_future())
+            for t, after in zip(rounds, after_seqs, strict=True)
+        ]
         last = waiters[-1][1]
         self._latest[run_id] = last
         last.add_done_callback(lambda done: self._forget(run_id, done))
-        self._start(waiters, rounds=True)
-        return [future for _, future in waiters]
+        return waiters
 
     def ended(self, run_id: UUID) -> dict[str, Any] | None:
         """The run as get_run_detail reads it, when its last rounds ended it (taken once).
@@ -127,20 +169,18 @@ class RunWriter:
         if self._active < self.max_in_flight:
             self._start()
 
-    def _start(self, first: list[Waiter] | None = None, rounds: bool = False) -> None:
+    def _start(self, first: Callable[[], Awaitable[None]] | None = None) -> None:
         self._active += 1
-        task = asyncio.create_task(self._flush(first, rounds), name="runs:writer")
+        task = asyncio.create_task(self._flush(first), name="runs:writer")
         self._flushers.add(task)
         task.add_done_callback(self._flushers.discard)
 
-    async def _flush(self, first: list[Waiter] | None = None, rounds: bool = False) -> None:
-        """Commit `first` (one batch, or one run's rounds), then batches until the queue is
-        empty (every sender drains it)."""
+    async def _flush(self, first: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Do `first` (one run's rounds call), then commit batches until the queue is empty
+        (every sender drains it)."""
         try:
-            if first and rounds:
-                await self._commit_rounds(first)
-            elif first:
-                await self._commit(first)
+            if first is not None:
+                await first()
             while self._queue:
                 await self._commit(self._take_batch())
         finally:
@@ -195,13 +235,57 @@ class RunWriter:
             for _, future in waiters:
                 _settle(future, exc)
             return
+        self._settle_rounds(waiters, written)
+
+    def _settle_rounds(self, waiters: list[Waiter], written: RoundsWritten) -> None:
         self.batches += 1
         self.changes += len(waiters)
+        lost = written.lease_lost(waiters[0][0].lease)
         if written.ended is not None:
             self._ended[waiters[0][0].run_id] = written.ended
         for (_, future), base in zip(waiters, written.bases, strict=True):
-            if not future.done():
+            if lost is not None:
+                _settle(future, lost)
+            elif not future.done():
                 future.set_result(base)
+
+    async def _commit_start(
+        self,
+        insert: tuple[Any, ...],
+        created: asyncio.Future[asyncpg.Record | None],
+        waiters: list[Waiter],
+    ) -> None:
+        """One run's insert and first rounds in one call; see `submit_start`."""
+        changes = [change for change, _ in waiters]
+        try:
+            row, written = await self._execute(
+                lambda conn, sent: start_rounds(conn, insert, sent), changes
+            )
+        except Exception as exc:
+            # The call may have failed after its first commit: only the database knows.
+            run_id = changes[0].run_id
+            try:
+                row = await self.pool.fetchrow(queries["get_run"], run_id, None)
+            except Exception:
+                row = None
+            if not created.done():
+                if row is None:
+                    created.set_exception(exc)
+                else:
+                    created.set_result(row)
+            for _, future in waiters:
+                if row is None:
+                    future.cancel()
+                else:
+                    _settle(future, exc)
+            return
+        if not created.done():
+            created.set_result(row)
+        if row is None or written is None:
+            for _, future in waiters:
+                future.cancel()
+            return
+        self._settle_rounds(waiters, written)
 
     async def _execute(
         self, write: Callable[[Conn, list[RunChange]], Awaitable[T]], changes: list[RunChange]

@@ -174,21 +174,30 @@ async def prepare_run(
 async def insert_run(conn: Conn, prepared: PreparedRun) -> StartedRun:
     """Write a prepared run (the run row is the start command), its first event and its
     audit entry, in one statement."""
+    run = await conn.fetchrow(queries["insert_run"], *insert_args(prepared))
+    if run is None:
+        raise await refusal(conn, prepared)
+    return StartedRun(run, prepared.workflow.definition)
+
+
+def insert_args(prepared: PreparedRun) -> tuple[Any, ...]:
+    """insert_run's arguments for a prepared run."""
     v, audit = prepared.values, prepared.audit
-    run = await conn.fetchrow(
-        queries["insert_run"],
+    return (
         *(v[column] for column in _INSERTED),
         audit.principal.user_id if audit else None,
         audit.request_id if audit else None,
         {"workflow_id": str(prepared.workflow_id), "trigger": v["trigger_type"]},
     )
-    if run is None:
-        workflow_id = prepared.workflow_id
-        if workflow_id in _RUNNABLE:  # archived meanwhile? Read it again to say so.
-            del _RUNNABLE[workflow_id]
-            await _runnable(conn, workflow_id, prepared.owner)
-        raise Conflict("this step attempt already started its child run")
-    return StartedRun(run, prepared.workflow.definition)
+
+
+async def refusal(conn: Conn, prepared: PreparedRun) -> Conflict:
+    """Why the insert of a prepared run wrote nothing (it returned no row)."""
+    workflow_id = prepared.workflow_id
+    if workflow_id in _RUNNABLE:  # archived meanwhile? Read it again to say so.
+        del _RUNNABLE[workflow_id]
+        await _runnable(conn, workflow_id, prepared.owner)  # raises when it is
+    return Conflict("this step attempt already started its child run")
 
 
 # insert_run's $1..$14, in order.

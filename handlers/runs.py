@@ -18,6 +18,8 @@ from aiohttp_apigami import (
 from jsonschema import Draft202012Validator
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from actors.base import Actor
+from actors.dispatch import BegunRun
 from actors.run import RunActor
 from actors.runs import TERMINAL, prepare_run, record_command
 from actors.steps import approval
@@ -164,21 +166,23 @@ async def start(request: web.Request) -> web.Response:
             )
             # Watching before the run exists: no ending can be missed.
             sub = stack.enter_context(dispatcher.bus.subscribe(prepared.run_id)) if wait_s else None
-            started = await dispatcher.begin_run(conn, prepared)
+            begun = await dispatcher.begin_run(conn, prepared, waited_for=bool(wait_s))
         if not wait_s or sub is None:  # the same thing, said for the type checker
-            return ok(record_json(started.row), status=202)
-        return await _waited(request, started.row["id"], sub, wait_s)
+            return ok(record_json(begun.row), status=202)
+        return await _waited(request, begun, sub, wait_s)
 
 
 async def _waited(
-    request: web.Request, run_id: UUID, sub: Subscription, wait_s: float
+    request: web.Request, begun: BegunRun, sub: Subscription, wait_s: float
 ) -> web.Response:
     """Answer when the run ends (200) or when `wait_s` is up (202)."""
     dispatcher, pool = request.app[DISPATCHER], request.app[DB_POOL]
+    run_id = begun.row["id"]
     deadline = asyncio.get_running_loop().time() + wait_s
+    # The actor the run began with: it may have ended the run, and left, already.
+    actor: Actor | None = begun.actor
     while True:
         left = deadline - asyncio.get_running_loop().time()
-        actor = dispatcher.registry.get(str(run_id))
         if actor is not None:
             # Executing here: its actor stops when the run has ended (or is handed over),
             # so there is nothing to re-read until then.
@@ -193,6 +197,7 @@ async def _waited(
         if run["status"] in TERMINAL or left <= 0:
             break
         await sub.wait(min(left, 1.0))
+        actor = dispatcher.registry.get(str(run_id))
     if run["status"] not in TERMINAL:
         return ok(record_json(run, skip=("steps",)), status=202)
     return ok(run_detail(run))

@@ -2,29 +2,13 @@
 -- $1 id, $2 shard, $3 workflow_id, $4 workflow_version, $5 owner_id, $6 trigger_type, $7 input,
 -- $8 timeout_s, $9 scheduled_for, $10 parent_run_id, $11 parent_step_id, $12 parent_attempt,
 -- $13 created_by, $14 schedule_id, $15 audit user (NULL: no audit entry), $16 audit request id,
--- $17 audit changes. The run row is the durable start command; its first event says so, and
--- its audit entry is written by the same statement (one round trip, one transaction).
--- Returns no row when the workflow is no longer published (the caller read it before), or
--- when the parent's step attempt already has its child run.
-WITH run AS (
-    INSERT INTO runs (id, shard, workflow_id, workflow_version, owner_id, trigger_type, input,
-                      timeout_s, scheduled_for, parent_run_id, parent_step_id, parent_attempt,
-                      created_by, schedule_id, last_seq)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1
-    WHERE EXISTS (SELECT 1 FROM workflows WHERE id = $3 AND status = 'published')
-    ON CONFLICT DO NOTHING
-    RETURNING *
-), created AS (
-    INSERT INTO run_events (run_id, seq, event, data)
-    SELECT id, 1, 'run.created', jsonb_build_object('trigger_type', trigger_type)
-    FROM run
-), audited AS (
-    INSERT INTO audit_logs (user_id, owner_id, action, entity_type, entity_id, changes,
-                            request_id)
-    SELECT $15, owner_id, 'start', 'run', id::text, $17, $16
-    FROM run WHERE $15::text IS NOT NULL
-)
-SELECT * FROM run;
+-- $17 audit changes. The run row is the durable start command; its first event and its audit
+-- entry are written by the same statement (one round trip, one transaction; the statement is
+-- migrations/0009's stepwell_insert_run, shared with start_run_rounds). Returns no row when the
+-- workflow is no longer published (the caller read it before), or when the parent's step
+-- attempt already has its child run.
+SELECT * FROM stepwell_insert_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                  $15, $16, $17);
 
 -- name: get_child_run
 -- $1 parent_run_id, $2 parent_step_id, $3 parent_attempt
@@ -105,3 +89,11 @@ SELECT id, base_seq FROM stepwell_persist_changes($1, $2);
 -- trip). Returns the procedure's `results`, and `final` and `final_steps` when the last round
 -- ended the run (see migrations/0008).
 CALL stepwell_write_rounds($1, $2);
+
+-- name: start_run_rounds
+-- $1 node_id, $2..$18 insert_run's $1..$17, $19 the run's first rounds as commit_run_rounds
+-- takes them. Inserts the run and commits the rounds, the first in the insert's transaction.
+-- Returns `created` (the run row, or NULL when insert_run would return none; then no round
+-- was tried) with commit_run_rounds' `results`, `final` and `final_steps`.
+CALL stepwell_start_rounds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                           $16, $17, $18, $19);

@@ -43,26 +43,28 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
 
 async def new_run(pool: asyncpg.Pool[Any]) -> uuid.UUID:
     """A run row (and its workflow) on the leased shard, at last_seq 1."""
-    workflow_id, run_id = uuid.uuid4(), uuid.uuid4()
+    run_id = uuid.uuid4()
+    await pool.fetchrow(queries["insert_run"], *insert_args(await new_workflow(pool), run_id))
+    return run_id
+
+
+async def new_workflow(pool: asyncpg.Pool[Any], status: str = "published") -> uuid.UUID:
+    workflow_id = uuid.uuid4()
     await pool.execute(
         "INSERT INTO workflows (id, family_id, owner_id, name, workflow_type, definition,"
         " status, version, created_by) VALUES ($1, $1, 'alice', 'w', 'general', '{}',"
-        " 'published', 1, 'alice')",
+        " $2, 1, 'alice')",
         workflow_id,
+        status,
     )
-    args: list[Any] = [
-        run_id,
-        LEASE.shard,
-        workflow_id,
-        1,
-        "alice",
-        "api",
-        {},
-        *[None] * 5,
-        "alice",
-    ]
-    await pool.fetchrow(queries["insert_run"], *args, None, None, None, None)
-    return run_id
+    return workflow_id
+
+
+def insert_args(workflow_id: uuid.UUID, run_id: uuid.UUID) -> tuple[Any, ...]:
+    """insert_run's arguments for a run of `workflow_id` on the leased shard, no audit entry."""
+    return (run_id, LEASE.shard, workflow_id, 1, "alice", "api", {}, *[None] * 5, "alice") + (
+        None,
+    ) * 4
 
 
 def step_done(step_id: str, output: Any = None) -> Transition:
@@ -202,10 +204,10 @@ async def test_rounds_of_an_idle_run_commit_one_by_one_in_one_call(
     await writer.close()
 
 
-def rounds_of_a_run(command_id: int) -> list[Transition]:
-    """Two rounds touching every kind of row: a command, new and existing steps, attempts and
-    the run's status."""
-    first = Transition(commands=[command_id], outcome="applied")
+def rounds_of_a_run(command_id: int | None = None) -> list[Transition]:
+    """Two rounds touching every kind of row: a command (when given), new and existing steps,
+    attempts and the run's status."""
+    first = Transition(commands=[] if command_id is None else [command_id], outcome="applied")
     first.run("running", "run.started")
     first.step(StepChange("a", "succeeded", 1, output={"n": 1}), "step.succeeded", output={"n": 1})
     first.step(StepChange("b", "running", 1), "step.started")
@@ -281,4 +283,60 @@ async def test_rounds_in_one_call_write_what_batches_write(pool: asyncpg.Pool[An
     detail = await pool.fetchrow(queries["get_run_detail"], together, None)
     assert detail is not None and writer.ended(together) == dict(detail)
     assert writer.ended(together) is None and writer.ended(alone) is None
+    await writer.close()
+
+
+async def test_a_start_sent_with_its_first_rounds_writes_what_an_insert_and_rounds_write(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    workflow_id = await new_workflow(pool)
+    alone, together = uuid.uuid4(), uuid.uuid4()
+    writer = RunWriter(pool)
+    await pool.fetchrow(queries["insert_run"], *insert_args(workflow_id, alone))
+    futures = writer.submit_rounds(alone, LEASE, rounds_of_a_run(), [None, 4])
+    assert [await f for f in futures] == [1, 4]
+    created: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
+    args = insert_args(workflow_id, together)
+    futures = writer.submit_start(together, LEASE, args, rounds_of_a_run(), [None, 4], created)
+    assert [await f for f in futures] == [1, 4]
+    row = await created
+    assert row is not None and row["id"] == together and row["status"] == "pending"
+    assert await written(pool, together) == await written(pool, alone)
+    assert (await written(pool, together))["run"]["status"] == "failed"
+    # The run's creation commits with its first round; its second round commits alone.
+    xids = await pool.fetch(
+        "SELECT seq, xmin::text AS xid FROM run_events WHERE run_id = $1 ORDER BY seq", together
+    )
+    by_seq = {r["seq"]: r["xid"] for r in xids}
+    assert by_seq[1] == by_seq[2] == by_seq[4] != by_seq[5]
+    await writer.close()
+
+
+async def test_a_start_refused_or_fenced_off_in_its_rounds_call(pool: asyncpg.Pool[Any]) -> None:
+    writer = RunWriter(pool)
+    loop = asyncio.get_running_loop()
+    # The workflow is no longer published: no run, no round tried, the rounds' futures dropped.
+    archived = await new_workflow(pool, status="archived")
+    run_id = uuid.uuid4()
+    created: asyncio.Future[asyncpg.Record | None] = loop.create_future()
+    futures = writer.submit_start(
+        run_id, LEASE, insert_args(archived, run_id), rounds_of_a_run(), [None, 4], created
+    )
+    assert await created is None
+    await asyncio.sleep(0)
+    assert all(f.cancelled() for f in futures)
+    assert await pool.fetchval("SELECT count(*) FROM runs WHERE id = $1", run_id) == 0
+    assert await pool.fetchval("SELECT count(*) FROM run_events WHERE run_id = $1", run_id) == 0
+
+    # The lease is gone: the run is created, pending, for the shard's next owner; no round is.
+    stale = Lease(LEASE.shard, LEASE.node_id, LEASE.token + 1)
+    run_id = uuid.uuid4()
+    created = loop.create_future()
+    args = insert_args(await new_workflow(pool), run_id)
+    futures = writer.submit_start(run_id, stale, args, rounds_of_a_run(), [None, 4], created)
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    assert all(isinstance(o, LeaseLost) for o in outcomes)
+    row = await created
+    assert row is not None and row["status"] == "pending"
+    assert await events(pool, run_id) == [(1, "run.created", "")]
     await writer.close()

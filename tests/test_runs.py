@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from runtime.keys import DISPATCHER
+from runtime.keys import DB_POOL, DISPATCHER
+from runtime.shards import Lease
 from tests.conftest import Client, Publish, auth, events_of, start_run, wait_run
 from tests.outside import Outside
 
@@ -315,6 +316,58 @@ async def test_start_and_wait_for_the_end(client: Client, publish: Publish) -> N
         f"/api/v1/workflows/{slow['id']}/run?wait_s=99", json={}, headers=auth()
     )
     assert resp.status == 422
+
+
+async def test_a_waited_start_commits_its_run_with_its_first_step(
+    client: Client, publish: Publish
+) -> None:
+    # A caller who waits has its run inserted in the call that commits the run's first rounds:
+    # the run's creation, its start and its first step are one transaction, each later step
+    # its own.
+    nodes = [{"id": f"s{i}", "type": "transform", "data": {"output": {"i": i}}} for i in range(3)]
+    wf = await publish(nodes, [edge("s0", "s1"), edge("s1", "s2")])
+    resp = await client.post(f"/api/v1/workflows/{wf['id']}/run?wait_s=10", json={}, headers=auth())
+    assert resp.status == 200 and (await resp.json())["data"]["status"] == "succeeded"
+    run_id = uuid.UUID((await resp.json())["data"]["id"])
+    rows = await client.app[DB_POOL].fetch(
+        "SELECT event, step_id, xmin::text AS xid FROM run_events WHERE run_id = $1 ORDER BY seq",
+        run_id,
+    )
+    by_step: dict[str, set[str]] = {}
+    for row in rows:
+        by_step.setdefault(row["step_id"] or row["event"], set()).add(row["xid"])
+    assert by_step["run.created"] == by_step["run.started"] == by_step["s0"]
+    assert len({xid for xids in by_step.values() for xid in xids}) == 3
+
+
+async def test_a_waited_start_its_actor_did_not_send_is_inserted_alone(
+    client: Client, publish: Publish, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The actor that was to insert the run with its first rounds stops before sending them
+    # (here: its shard is gone by the time it starts); the start is not lost: the request
+    # inserts the run itself, and the shard's next owner carries it on.
+    wf = await publish([{"id": "t", "type": "transform", "data": {"output": {"ok": True}}}])
+    dispatcher = client.app[DISPATCHER]
+    lease_for = dispatcher.shards.lease_for
+    asked: list[int] = []
+
+    def lost_after_the_first_look(shard: int) -> Lease | None:
+        asked.append(shard)
+        return lease_for(shard) if asked.count(asked[0]) == 1 or shard != asked[0] else None
+
+    monkeypatch.setattr(dispatcher.shards, "lease_for", lost_after_the_first_look)
+    url = f"/api/v1/workflows/{wf['id']}/run?wait_s=0.3"
+    resp = await client.post(url, json={}, headers=auth())
+    assert resp.status == 202
+    run = (await resp.json())["data"]
+    assert run["status"] == "pending"
+    monkeypatch.undo()
+    await dispatcher.wake(uuid.UUID(run["id"]))
+    assert (await wait_run(client, run["id"]))["status"] == "succeeded"
+    assert [e["event"] for e in await events_of(client, run["id"])][:2] == [
+        "run.created",
+        "run.started",
+    ]
 
 
 async def test_start_and_wait_answers_what_a_later_read_shows(
