@@ -115,7 +115,7 @@ async def commit_rounds(conn: Conn, changes: list[RunChange]) -> RoundsWritten:
 
     Raises LeaseLost when the run's lease is gone.
     """
-    rounds = [_document([change]) for change in changes]
+    rounds = [_round_document(change) for change in changes]
     row = await conn.fetchrow(queries["commit_run_rounds"], changes[0].lease.node_id, rounds)
     assert row is not None  # noqa: S101 - a CALL with an INOUT parameter returns one row
     written = _rounds_written(row, len(changes))
@@ -135,7 +135,7 @@ async def start_rounds(
     and what the rounds did (None with it). Rounds fenced off leave the run created, pending
     or further, for the shard's next owner.
     """
-    rounds = [_document([change]) for change in changes]
+    rounds = [_round_document(change) for change in changes]
     row = await conn.fetchrow(
         queries["start_run_rounds"], changes[0].lease.node_id, *insert, rounds
     )
@@ -156,7 +156,7 @@ def _rounds_written(row: asyncpg.Record, rounds: int) -> RoundsWritten:
 
 
 def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
-    """The changes as the one JSON document the change statement reads."""
+    """The changes of several runs as the one JSON document the change statement reads."""
     # One JSON document instead of thirty arrays: encoded once by the JSON encoder, where
     # arrays of JSON values would be encoded element by element.
     doc: dict[str, list[dict[str, Any]]] = {
@@ -167,64 +167,77 @@ def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
         "attempts": [],
     }
     for change in changes:
-        rid, t = str(change.run_id), change.transition
-        # A step may change twice in one transition (reset, then started): its row takes the
-        # last change, while every finished attempt along the way is still recorded once.
-        steps = {c.step_id: c for c in t.steps}.values()
-        finished = {
-            (c.step_id, c.attempt): c
-            for c in reversed(t.steps)
-            if c.recorded_result() and c.attempt > 0
-        }.values()
-        doc["runs"].append(
-            {
-                "id": rid,
-                "shard": change.lease.shard,
-                "token": change.lease.token,
-                "n_events": len(t.events),
-                "status": t.run_status,
-                "error": t.run_error,
-                "output": t.run_output,
-                "expect": change.after_seq,
-            }
-        )
-        for c in steps:
-            wake_at = c.wake_at.isoformat() if c.wake_at else None
-            doc["steps"].append(
-                {
-                    "run_id": rid,
-                    "step_id": c.step_id,
-                    "status": c.status,
-                    "attempt": c.attempt,
-                    "output": c.output,
-                    "error": c.error,
-                    "wake_at": wake_at,
-                }
-            )
-        for position, e in enumerate(t.events, start=1):
-            doc["events"].append(
-                {
-                    "run_id": rid,
-                    "ord": position,
-                    "event": e.name,
-                    "step_id": e.step_id,
-                    "data": e.data,
-                }
-            )
-        for command in t.commands:
-            doc["commands"].append({"run_id": rid, "id": command, "outcome": t.outcome})
-        for c in finished:
-            doc["attempts"].append(
-                {
-                    "run_id": rid,
-                    "step_id": c.step_id,
-                    "attempt": c.attempt,
-                    "result": c.recorded_result(),
-                    "output": c.output,
-                    "error": c.error,
-                }
-            )
+        _add_change(doc, change, str(change.run_id))
     return doc
+
+
+def _round_document(change: RunChange) -> dict[str, list[dict[str, Any]]]:
+    """One run's change as the rounds procedure reads it: its rows need no run id."""
+    doc: dict[str, list[dict[str, Any]]] = {
+        "runs": [],
+        "steps": [],
+        "events": [],
+        "commands": [],
+        "attempts": [],
+    }
+    _add_change(doc, change, None)
+    return doc
+
+
+def _add_change(doc: dict[str, list[dict[str, Any]]], change: RunChange, rid: str | None) -> None:
+    """Add one run's change to `doc`; each row names its run when `rid` is given.
+
+    Fields that are null are left out (the statements read a missing field as NULL): on the
+    hot path the document is encoded in Python and parsed by PostgreSQL for every commit.
+    """
+    t, lease = change.transition, change.lease
+    run: dict[str, Any] = {
+        "id": str(change.run_id),
+        "shard": lease.shard,
+        "token": lease.token,
+        "n_events": len(t.events),
+    }
+    _put(run, "status", t.run_status)
+    _put(run, "error", t.run_error)
+    _put(run, "output", t.run_output)
+    _put(run, "expect", change.after_seq)
+    doc["runs"].append(run)
+    # A step may change twice in one transition (reset, then started): its row takes the last
+    # change, while every finished attempt along the way is still recorded once (the first
+    # result of an attempt is the one that counts).
+    steps: dict[str, dict[str, Any]] = {}
+    attempts: dict[tuple[str, int], dict[str, Any]] = {}
+    for c in t.steps:
+        row = _row(rid, step_id=c.step_id, status=c.status, attempt=c.attempt)
+        _put(row, "output", c.output)
+        _put(row, "error", c.error)
+        _put(row, "wake_at", c.wake_at.isoformat() if c.wake_at else None)
+        steps[c.step_id] = row
+        result = c.recorded_result()
+        if result and c.attempt > 0 and (c.step_id, c.attempt) not in attempts:
+            recorded = _row(rid, step_id=c.step_id, attempt=c.attempt, result=result)
+            _put(recorded, "output", c.output)
+            _put(recorded, "error", c.error)
+            attempts[(c.step_id, c.attempt)] = recorded
+    doc["steps"].extend(steps.values())
+    doc["attempts"].extend(attempts.values())
+    for position, e in enumerate(t.events, start=1):
+        event = _row(rid, ord=position, event=e.name, data=e.data)
+        _put(event, "step_id", e.step_id)
+        doc["events"].append(event)
+    for command in t.commands:
+        doc["commands"].append(_row(rid, id=command, outcome=t.outcome))
+
+
+def _row(rid: str | None, **fields: Any) -> dict[str, Any]:
+    if rid is not None:
+        fields["run_id"] = rid
+    return fields
+
+
+def _put(row: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        row[key] = value
 
 
 async def persist(pool: asyncpg.Pool[Any], run_id: UUID, lease: Lease, t: Transition) -> int:
