@@ -65,7 +65,7 @@ class RunActor(Actor):
         services: RunServices,
         created: Mapping[str, Any] | None = None,
         inserting: asyncio.Future[asyncpg.Record | None] | None = None,
-        start: tuple[Any, ...] | None = None,
+        insert_with_rounds: tuple[Any, ...] | None = None,
     ) -> None:
         super().__init__(str(run_id))
         self.run_id = run_id
@@ -80,7 +80,7 @@ class RunActor(Actor):
         self.inserting = inserting
         # insert_run's arguments when this actor is to send the insert itself, with its first
         # rounds (the writer then settles `inserting`); None once sent.
-        self.insert_with_rounds = start
+        self.insert_with_rounds = insert_with_rounds
         self.run: dict[str, Any] = {}
         self.run_state: RunState | None = None
         self.lease: Lease | None = None
@@ -314,9 +314,8 @@ class RunActor(Actor):
         """Wait for the run's row when its insert is still on its way; then take that row."""
         if self.inserting is None:
             return
-        if (
-            self.insert_with_rounds is not None
-        ):  # never sent: its caller inserts it (and wakes the run)
+        if self.insert_with_rounds is not None:
+            # Never sent (there was nothing to commit with it): its caller inserts it alone.
             self.start_not_sent()
             raise RunNotCreated("the start goes back to its caller")
         inserting, self.inserting = self.inserting, None

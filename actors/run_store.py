@@ -155,36 +155,28 @@ def _rounds_written(row: asyncpg.Record, rounds: int) -> RoundsWritten:
     return RoundsWritten(bases + [None] * (rounds - len(bases)), ended, fenced)
 
 
-def _document(changes: list[RunChange]) -> dict[str, list[dict[str, Any]]]:
+Document = dict[str, list[dict[str, Any]]]
+_TABLES = ("runs", "steps", "events", "commands", "attempts")
+
+
+def _document(changes: list[RunChange]) -> Document:
     """The changes of several runs as the one JSON document the change statement reads."""
     # One JSON document instead of thirty arrays: encoded once by the JSON encoder, where
     # arrays of JSON values would be encoded element by element.
-    doc: dict[str, list[dict[str, Any]]] = {
-        "runs": [],
-        "steps": [],
-        "events": [],
-        "commands": [],
-        "attempts": [],
-    }
+    doc: Document = {table: [] for table in _TABLES}
     for change in changes:
         _add_change(doc, change, str(change.run_id))
     return doc
 
 
-def _round_document(change: RunChange) -> dict[str, list[dict[str, Any]]]:
+def _round_document(change: RunChange) -> Document:
     """One run's change as the rounds procedure reads it: its rows need no run id."""
-    doc: dict[str, list[dict[str, Any]]] = {
-        "runs": [],
-        "steps": [],
-        "events": [],
-        "commands": [],
-        "attempts": [],
-    }
+    doc: Document = {table: [] for table in _TABLES}
     _add_change(doc, change, None)
     return doc
 
 
-def _add_change(doc: dict[str, list[dict[str, Any]]], change: RunChange, rid: str | None) -> None:
+def _add_change(doc: Document, change: RunChange, rid: str | None) -> None:
     """Add one run's change to `doc`; each row names its run when `rid` is given.
 
     Fields that are null are left out (the statements read a missing field as NULL): on the
