@@ -39,7 +39,7 @@ from actors.training_local import LocalTrainingBackend
 from actors.training_vertex import VertexTrainingBackend
 from runtime.bus import EventBus
 from runtime.config import Config, ConfigError
-from runtime.db import Conn
+from runtime.db import Queryable
 from runtime.errors import ApiError
 from runtime.keys import CLOCK, CONFIG, DB_POOL, DISPATCHER, METRICS, STORAGE
 from runtime.metrics import Metrics
@@ -138,7 +138,7 @@ class RunDispatcher:
         self.registry.get_or_spawn(str(run_id), lambda: RunActor(run_id, self, created))
 
     async def begin_run(
-        self, conn: Conn, prepared: PreparedRun, *, waited_for: bool = False
+        self, conn: Queryable, prepared: PreparedRun, *, waited_for: bool = False
     ) -> BegunRun:
         """Write a prepared run, then have its owner carry it on.
 

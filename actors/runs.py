@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 
 from actors.workflows import WorkflowStatus
 from runtime.audit import AuditContext, record_audit
-from runtime.db import Conn
+from runtime.db import Conn, Queryable
 from runtime.errors import Conflict, NotFound, ValidationFailed
 from runtime.shards import shard_of
 from runtime.sql import queries
@@ -67,7 +67,7 @@ _RUNNABLE: OrderedDict[UUID, Runnable] = OrderedDict()
 RUNNABLE_CACHE_SIZE = 1024
 
 
-async def _runnable(conn: Conn, workflow_id: UUID, owner: str | None) -> Runnable:
+async def _runnable(conn: Queryable, workflow_id: UUID, owner: str | None) -> Runnable:
     """The workflow to run, from this process's cache or the database (404/409 as due)."""
     cached = _RUNNABLE.get(workflow_id)
     if cached is not None and owner in (None, cached.owner_id):
@@ -130,7 +130,7 @@ class PreparedRun:
 
 
 async def prepare_run(
-    conn: Conn,
+    conn: Queryable,
     workflow_id: UUID,
     *,
     owner: str | None,
@@ -171,7 +171,7 @@ async def prepare_run(
     return PreparedRun(run_id, workflow_id, workflow, owner, values, audit)
 
 
-async def insert_run(conn: Conn, prepared: PreparedRun) -> StartedRun:
+async def insert_run(conn: Queryable, prepared: PreparedRun) -> StartedRun:
     """Write a prepared run (the run row is the start command), its first event and its
     audit entry, in one statement."""
     run = await conn.fetchrow(queries["insert_run"], *insert_args(prepared))
@@ -191,7 +191,7 @@ def insert_args(prepared: PreparedRun) -> tuple[Any, ...]:
     )
 
 
-async def refusal(conn: Conn, prepared: PreparedRun) -> Conflict:
+async def refusal(conn: Queryable, prepared: PreparedRun) -> Conflict:
     """Why the insert of a prepared run wrote nothing (it returned no row)."""
     workflow_id = prepared.workflow_id
     if workflow_id in _RUNNABLE:  # archived meanwhile? Read it again to say so.

@@ -151,22 +151,24 @@ async def start(request: web.Request) -> web.Response:
     wait_s = validated(request, "query").get("wait_s")
     principal = principal_of(request)
     dispatcher = request.app[DISPATCHER]
+    # The pool, not a connection of it: no transaction block is needed (the run, its first
+    # event and its audit entry are one statement), and a start whose workflow this process
+    # knows, sent with its run's first rounds, takes no connection of its own at all.
+    pool = request.app[DB_POOL]
     with contextlib.ExitStack() as stack:
-        # No transaction block: the run, its first event and its audit entry are one statement.
-        async with request.app[DB_POOL].acquire() as conn:
-            prepared = await prepare_run(
-                conn,
-                _run_id(request),
-                owner=principal.owner_filter,
-                created_by=principal.user_id,
-                trigger_type="api",
-                run_input=body["input"],
-                timeout_s=body.get("timeout_s"),
-                audit=audit_ctx(request),
-            )
-            # Watching before the run exists: no ending can be missed.
-            sub = stack.enter_context(dispatcher.bus.subscribe(prepared.run_id)) if wait_s else None
-            begun = await dispatcher.begin_run(conn, prepared, waited_for=bool(wait_s))
+        prepared = await prepare_run(
+            pool,
+            _run_id(request),
+            owner=principal.owner_filter,
+            created_by=principal.user_id,
+            trigger_type="api",
+            run_input=body["input"],
+            timeout_s=body.get("timeout_s"),
+            audit=audit_ctx(request),
+        )
+        # Watching before the run exists: no ending can be missed.
+        sub = stack.enter_context(dispatcher.bus.subscribe(prepared.run_id)) if wait_s else None
+        begun = await dispatcher.begin_run(pool, prepared, waited_for=bool(wait_s))
         if not wait_s or sub is None:  # the same thing, said for the type checker
             return ok(record_json(begun.row), status=202)
         return await _waited(request, begun, sub, wait_s)

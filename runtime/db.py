@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 # What query functions take: a plain connection or one borrowed from the pool.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+# ...or the pool itself, for single statements outside a transaction: each borrows a
+# connection only while it runs.
+Queryable: TypeAlias = "Conn | asyncpg.Pool[asyncpg.Record]"
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
