@@ -154,7 +154,7 @@ class RunActor(Actor):
             await self.services.child_finished(dict(child))
 
     async def on_stop(self) -> None:
-        self.services.writer.ended(self.run_id)  # not kept for a run that stopped otherwise
+        self.services.writer.take_ended(self.run_id)  # not kept for a run that stopped otherwise
         for handle in self.timers.values():
             handle.cancel()
         for task in self.tasks.values():
@@ -426,7 +426,7 @@ class RunActor(Actor):
         scratch.run_status = status
 
     async def _finish(self, t: Transition) -> None:
-        self.ended = self.services.writer.ended(self.run_id)
+        self.ended = self.services.writer.take_ended(self.run_id)
         self.services.run_ended(self._run_state().run_status)
         for handle in self.timers.values():
             handle.cancel()

@@ -154,10 +154,16 @@ class RunWriter:
         return waiters
 
     def ended(self, run_id: UUID) -> dict[str, Any] | None:
-        """The run as get_run_detail reads it, when its last rounds ended it (taken once).
+        """The run as get_run_detail reads it, when its last rounds call ended it and its
+        actor has not taken it yet (see `take_ended`): whoever waits for the run's end may
+        answer with it before the actor has adopted the rounds.
 
         Only the rounds call returns it; a run that ended through a batch has none.
         """
+        return self._ended.get(run_id)
+
+    def take_ended(self, run_id: UUID) -> dict[str, Any] | None:
+        """`ended`, taken: the run's actor takes it as it finishes or stops."""
         return self._ended.pop(run_id, None)
 
     def _forget(self, run_id: UUID, future: asyncio.Future[int | None]) -> None:

@@ -185,14 +185,17 @@ async def _waited(
     actor: Actor | None = begun.actor
     while True:
         left = deadline - asyncio.get_running_loop().time()
-        if actor is not None:
+        # The commit that ended the run may have returned it, read after that commit: as the
+        # writer holds it until the actor has adopted the rounds, or as the actor kept it.
+        ended = dispatcher.writer.ended(run_id)
+        if ended is None and actor is not None:
             # Executing here: its actor stops when the run has ended (or is handed over),
             # so there is nothing to re-read until then.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(left, 0)):
                     await actor.stopped.wait()
-        # The commit that ended the run may have returned it, read after that commit.
-        ended = actor.ended if isinstance(actor, RunActor) and actor.stopped.is_set() else None
+            if isinstance(actor, RunActor) and actor.stopped.is_set():
+                ended = actor.ended
         run = ended or await pool.fetchrow(queries["get_run_detail"], run_id, None)
         assert run is not None  # noqa: S101 - created above; runs are never deleted
         left = deadline - asyncio.get_running_loop().time()

@@ -282,7 +282,8 @@ async def test_rounds_in_one_call_write_what_batches_write(pool: asyncpg.Pool[An
     # that ended through batches has nothing kept.
     detail = await pool.fetchrow(queries["get_run_detail"], together, None)
     assert detail is not None and writer.ended(together) == dict(detail)
-    assert writer.ended(together) is None and writer.ended(alone) is None
+    assert writer.take_ended(together) == dict(detail)
+    assert writer.ended(together) is None and writer.take_ended(alone) is None
     await writer.close()
 
 
