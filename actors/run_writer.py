@@ -304,7 +304,12 @@ class RunWriter:
             # Back to the pool, which closes it if broken; the next batch takes a fresh one.
             await self.pool.release(conn)
             raise
-        self._idle.append(conn)
+        # Kept for the batches in flight at most: starts, sent each in a call of their own,
+        # may borrow more at once, and those waiting for a connection wait on the pool.
+        if len(self._idle) < self.max_in_flight:
+            self._idle.append(conn)
+        else:
+            await self.pool.release(conn)
         return result
 
     async def close(self) -> None:

@@ -341,3 +341,30 @@ async def test_a_start_refused_or_fenced_off_in_its_rounds_call(pool: asyncpg.Po
     assert row is not None and row["status"] == "pending"
     assert await events(pool, run_id) == [(1, "run.created", "")]
     await writer.close()
+
+
+async def test_more_starts_at_once_than_the_pool_has_connections(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    # Each start goes in a call of its own, however busy the writer is; the connections
+    # those calls borrow go back to the pool, so starts waiting for one are not left behind.
+    workflow_id = await new_workflow(pool)
+    writer = RunWriter(pool)
+    loop = asyncio.get_running_loop()
+    runs = [uuid.uuid4() for _ in range(3 * pool.get_max_size())]
+    created: list[asyncio.Future[asyncpg.Record | None]] = []
+    commits = []
+    for run_id in runs:
+        created.append(loop.create_future())
+        args = insert_args(workflow_id, run_id)
+        commits += writer.submit_start(
+            run_id, LEASE, args, [step_done("a"), step_done("b")], [None, 2], created[-1]
+        )
+    async with asyncio.timeout(30):
+        rows = await asyncio.gather(*created)
+        bases = await asyncio.gather(*commits)
+    assert all(row is not None for row in rows)
+    assert bases == [1, 2] * len(runs)
+    # It keeps no more connections than it has batches in flight.
+    assert pool.get_size() - pool.get_idle_size() <= writer.max_in_flight
+    await writer.close()
