@@ -26,7 +26,8 @@ from actors.cron import CronActor
 from actors.ml_operations import OPERATIONS
 from actors.model_cache import ModelCache
 from actors.registry import ActorRegistry
-from actors.run import RunActor, StartNotSent
+from actors.run import RunActor
+from actors.run_insert import PendingInsert, StartNotSent
 from actors.run_messages import Poke
 from actors.run_store import LeaseLost, Transition, persist
 from actors.run_writer import RunWriter
@@ -151,32 +152,33 @@ class RunDispatcher:
         """
         run_id = prepared.run_id
         if self.shards.lease_for(shard_of(run_id)) is None:
-            started = await insert_run(conn, prepared)
-            await self.wake(run_id, started.actor_row())
-            return BegunRun(started.row, None)
-        provisional = prepared.provisional_row()
-        start = insert_args(prepared) if waited_for and self.writer.idle() else None
-        inserting: asyncio.Future[asyncpg.Record | None]
-        if start is None:
-            inserting = asyncio.ensure_future(
-                conn.fetchrow(queries["insert_run"], *insert_args(prepared))
-            )
+            return await self._insert_and_wake(conn, prepared)
+        args = insert_args(prepared)
+        by_actor = waited_for and self.writer.idle()
+        if by_actor:  # the actor sends the insert with its first rounds
+            pending = PendingInsert(asyncio.get_running_loop().create_future(), args)
         else:
-            inserting = asyncio.get_running_loop().create_future()
-        actor = RunActor(run_id, self, provisional, inserting, start)
+            pending = PendingInsert(
+                asyncio.ensure_future(conn.fetchrow(queries["insert_run"], *args))
+            )
+        actor = RunActor(run_id, self, prepared.provisional_row(), pending)
         self.registry.get_or_spawn(str(run_id), lambda: actor)
-        if start is not None:  # however the actor ends, a start it did not send comes back
-            actor.start().add_done_callback(lambda _: actor.start_not_sent())
-        # Shielded: once sent with the rounds, the insert goes on whatever this caller does.
+        if by_actor:  # however the actor ends, an insert it did not send comes back here
+            actor.start().add_done_callback(lambda _: pending.not_sent())
         try:
-            row = await asyncio.shield(inserting) if start is not None else await inserting
-        except StartNotSent:  # the actor stopped before it sent it: insert it as others are
-            started = await insert_run(conn, prepared)
-            await self.wake(run_id, started.actor_row())
-            return BegunRun(started.row, self._run_actor(run_id))
+            # Shielded when the actor sends it: the insert goes on whatever this caller does.
+            row = await (asyncio.shield(pending.inserted) if by_actor else pending.inserted)
+        except StartNotSent:
+            return await self._insert_and_wake(conn, prepared)
         if row is None:
             raise await refusal(conn, prepared)
         return BegunRun(row, actor)
+
+    async def _insert_and_wake(self, conn: Queryable, prepared: PreparedRun) -> BegunRun:
+        """Insert a prepared run alone, then wake its owner, here or elsewhere."""
+        started = await insert_run(conn, prepared)
+        await self.wake(prepared.run_id, started.actor_row())
+        return BegunRun(started.row, self._run_actor(prepared.run_id))
 
     def _run_actor(self, run_id: UUID) -> RunActor | None:
         actor = self.registry.get(str(run_id))

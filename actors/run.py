@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
 from actors import commands
 from actors.base import Actor, ActorStopped, MailboxFull
 from actors.graph import StepStatus, next_steps
+from actors.run_insert import PendingInsert, RunNotCreated
 from actors.run_messages import Poke, RunServices, StepFinished, TimerFired
 from actors.run_state import TERMINAL_RUN, RunState
 from actors.run_store import Event, LeaseLost, StepChange, Transition
@@ -42,14 +41,6 @@ Round = tuple[Transition, RunState, list[tuple[str, int]]]
 MAX_ROUNDS = 64
 
 
-class RunNotCreated(Exception):
-    """The insert an actor was planning ahead of failed: there is no run to carry on."""
-
-
-class StartNotSent(Exception):
-    """The actor that was to insert its run with its first rounds stopped before it sent them."""
-
-
 def _consume(future: asyncio.Future[int | None]) -> None:
     """Mark an abandoned commit's outcome as seen (it is moot once its predecessor failed)."""
     if not future.cancelled():
@@ -64,8 +55,7 @@ class RunActor(Actor):
         run_id: UUID,
         services: RunServices,
         created: Mapping[str, Any] | None = None,
-        inserting: asyncio.Future[asyncpg.Record | None] | None = None,
-        insert_with_rounds: tuple[Any, ...] | None = None,
+        pending: PendingInsert | None = None,
     ) -> None:
         super().__init__(str(run_id))
         self.run_id = run_id
@@ -74,13 +64,8 @@ class RunActor(Actor):
         # can predate this actor (one sent meanwhile finds it and pokes it).
         self.created = created
         # The insert of that row, when it is still on its way: `created` is then the row as
-        # the insert will return it, and the actor plans its first rounds meanwhile. It
-        # writes nothing, starts and tells nothing, before the insert has committed; the
-        # future holds the inserted row (None: nothing was inserted).
-        self.inserting = inserting
-        # insert_run's arguments when this actor is to send the insert itself, with its first
-        # rounds (the writer then settles `inserting`); None once sent.
-        self.insert_with_rounds = insert_with_rounds
+        # the insert will return it, and the actor plans its first rounds meanwhile.
+        self.pending = pending
         self.run: dict[str, Any] = {}
         self.run_state: RunState | None = None
         self.lease: Lease | None = None
@@ -296,51 +281,29 @@ class RunActor(Actor):
     async def _send(
         self, rounds: list[Transition], after: list[int | None]
     ) -> list[asyncio.Future[int | None]]:
-        """Hand consecutive rounds to the writer once the run's row is in; with it, when this
-        actor is to insert the row itself."""
+        """Hand consecutive rounds to the writer once the run's row is in; with the row's
+        insert, when it is this actor's to send."""
         assert self.lease is not None  # noqa: S101 - set in on_start
         writer = self.services.writer
-        if self.insert_with_rounds is None or self.inserting is None:
-            await self._inserted()
-            return writer.submit_rounds(self.run_id, self.lease, rounds, after)
-        insert, self.insert_with_rounds = self.insert_with_rounds, None
-        commits = writer.submit_start(
-            self.run_id, self.lease, insert, rounds, after, self.inserting
+        sent = (
+            self.pending.send(writer, self.run_id, self.lease, rounds, after)
+            if self.pending
+            else None
         )
         await self._inserted()
-        return commits
+        return (
+            sent
+            if sent is not None
+            else writer.submit_rounds(self.run_id, self.lease, rounds, after)
+        )
 
     async def _inserted(self) -> None:
         """Wait for the run's row when its insert is still on its way; then take that row."""
-        if self.inserting is None:
+        if self.pending is None:
             return
-        if self.insert_with_rounds is not None:
-            # Never sent (there was nothing to commit with it): its caller inserts it alone.
-            self.start_not_sent()
-            raise RunNotCreated("the start goes back to its caller")
-        inserting, self.inserting = self.inserting, None
-        try:
-            # Shielded: only the caller decides whether its insert goes on.
-            row = await asyncio.shield(inserting)
-        except asyncio.CancelledError:
-            if inserting.cancelled():  # the caller went away before its insert was done
-                raise RunNotCreated("the start was cancelled") from None
-            raise  # this actor is being stopped
-        except Exception as exc:
-            raise RunNotCreated(str(exc)) from exc
-        if row is None:
-            raise RunNotCreated("the start was refused")
+        pending, self.pending = self.pending, None
+        row = await pending.row()
         self.run = {**dict(row), "definition": self.run["definition"]}
-
-    def start_not_sent(self) -> None:
-        """Give a start this actor was to send, and did not, back to its caller (who inserts
-        it alone). Called when the actor's task ends, too."""
-        if (
-            self.insert_with_rounds is not None
-            and self.inserting is not None
-            and not self.inserting.done()
-        ):
-            self.inserting.set_exception(StartNotSent("the run's actor stopped before its start"))
 
     def _submit(self, t: Transition, after_seq: int | None = None) -> asyncio.Future[int | None]:
         assert self.lease is not None  # noqa: S101 - set in on_start
