@@ -237,7 +237,7 @@ class RunWriter:
         """One run's rounds in one call; each future gets its round's outcome."""
         try:
             written = await self._execute(commit_rounds, [change for change, _ in waiters])
-        except Exception as exc:  # LeaseLost, or an error the actor should crash on
+        except Exception as exc:  # an error the actor should crash on
             for _, future in waiters:
                 _settle(future, exc)
             return
