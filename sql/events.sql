@@ -10,4 +10,4 @@ LIMIT $3;
 SELECT r.*,
        coalesce((SELECT jsonb_object_agg(step_id, status) FROM run_steps WHERE run_id = r.id),
                 '{}') AS step_statuses
-FROM runs r WHERE r.id = $1;
+FROM runs_now r WHERE r.id = $1;

@@ -12,24 +12,24 @@ SELECT * FROM stepwell_insert_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 
 
 -- name: get_child_run
 -- $1 parent_run_id, $2 parent_step_id, $3 parent_attempt
-SELECT * FROM runs
+SELECT * FROM runs_now
 WHERE parent_run_id = $1 AND parent_step_id = $2 AND parent_attempt = $3;
 
 -- name: get_run
 -- $1 id, $2 owner_id (NULL: any owner)
-SELECT * FROM runs WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2);
+SELECT * FROM runs_now WHERE id = $1 AND ($2::text IS NULL OR owner_id = $2);
 
 -- name: get_run_detail
 -- $1 id, $2 owner_id (NULL: any owner). The run with its steps (id, status, output, in the order
 -- of list_run_steps) as a JSON array: one statement, so both describe the same moment. The
--- rounds procedure returns an ended run the same way (migrations/0008).
+-- rounds procedure returns an ended run the same way (migrations/0010).
 SELECT r.*, stepwell_run_steps(r.id) AS steps
-FROM runs r
+FROM runs_now r
 WHERE r.id = $1 AND ($2::text IS NULL OR r.owner_id = $2);
 
 -- name: get_run_for_actor
 -- $1 id
-SELECT r.*, w.definition FROM runs r JOIN workflows w ON w.id = r.workflow_id WHERE r.id = $1;
+SELECT r.*, w.definition FROM runs_now r JOIN workflows w ON w.id = r.workflow_id WHERE r.id = $1;
 
 -- name: list_runs
 -- $1 owner_id (NULL: all), $2 workflow_id, $3 status, $4 trigger_type, $5 created since,
@@ -38,7 +38,7 @@ SELECT id, shard, workflow_id, workflow_version, owner_id, status, trigger_type,
        error, parent_run_id, parent_step_id, scheduled_for, timeout_s, deadline_at, last_seq,
        created_by, created_at, started_at, completed_at, updated_at,
        count(*) OVER () AS total
-FROM runs
+FROM runs_now
 WHERE ($1::text IS NULL OR owner_id = $1)
   AND ($2::uuid IS NULL OR workflow_id = $2)
   AND ($3::text IS NULL OR status = $3)
@@ -78,22 +78,23 @@ UPDATE runs SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NULL;
 -- name: persist_run_changes
 -- Group commit: the changes of many runs (each run at most once) in one statement, so one
 -- transaction and one WAL flush. $1 node_id; $2 the changes as one JSON document. The
--- statement and its document are described in migrations/0007 (stepwell_persist_changes).
+-- statement and its document are described in migrations/0007 (stepwell_persist_changes;
+-- migrations/0010's stepwell_persist_run_changes checks `expect` against the run's events).
 -- Returns (id, base_seq) for each run within its lease: base_seq is the seq before its first
 -- new event, or NULL when the change did not apply; a run missing was fenced off.
-SELECT id, base_seq FROM stepwell_persist_changes($1, $2);
+SELECT id, base_seq FROM stepwell_persist_run_changes($1, $2);
 
 -- name: commit_run_rounds
 -- $1 node_id, $2 a JSON array of one run's rounds, each a document as persist_run_changes
 -- takes: committed one after another, each in its own transaction (a procedure, one round
 -- trip). Returns the procedure's `results`, and `final` and `final_steps` when the last round
--- ended the run (see migrations/0008).
-CALL stepwell_write_rounds($1, $2);
+-- ended the run (see migrations/0010, whose stepwell_commit_run_rounds is called).
+CALL stepwell_commit_run_rounds($1, $2);
 
 -- name: start_run_rounds
 -- $1 node_id, $2..$18 insert_run's $1..$17, $19 the run's first rounds as commit_run_rounds
 -- takes them. Inserts the run and commits the rounds, the first in the insert's transaction.
 -- Returns `created` (the run row, or NULL when insert_run would return none; then no round
 -- was tried) with commit_run_rounds' `results`, `final` and `final_steps`.
-CALL stepwell_start_rounds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                           $16, $17, $18, $19);
+CALL stepwell_start_run_rounds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                               $15, $16, $17, $18, $19);

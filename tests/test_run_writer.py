@@ -200,7 +200,37 @@ async def test_rounds_of_an_idle_run_commit_one_by_one_in_one_call(
     futures = writer.submit_rounds(run_id, stale, [step_done("u0"), step_done("u1")], [None, 7])
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     assert all(isinstance(o, LeaseLost) for o in outcomes)
-    assert await pool.fetchval("SELECT last_seq FROM runs WHERE id = $1", run_id) == 7
+    assert await pool.fetchval("SELECT last_seq FROM runs_now WHERE id = $1", run_id) == 7
+    await writer.close()
+
+
+async def test_event_seqs_come_from_the_events_not_the_run_row(pool: asyncpg.Pool[Any]) -> None:
+    # A rounds call updates its run's row only where the run changes, and in its last round.
+    run_id = await new_run(pool)
+    writer = RunWriter(pool)
+    futures = writer.submit_rounds(
+        run_id, LEASE, [step_done(f"s{k}") for k in range(4)], [None, 2, 3, 4]
+    )
+    assert [await f for f in futures] == [1, 2, 3, 4]
+    run_xid = await pool.fetchval("SELECT xmin::text FROM runs WHERE id = $1", run_id)
+    last_xid = await pool.fetchval(
+        "SELECT xmin::text FROM run_events WHERE run_id = $1 AND seq = 5", run_id
+    )
+    assert run_xid == last_xid
+    assert await pool.fetchval("SELECT last_seq FROM runs WHERE id = $1", run_id) == 5
+
+    # A call cut short (here: its second round does not apply) leaves the column behind; the
+    # next change, through the batches, still numbers its events after the last one, and
+    # readers see the seq of the latest event.
+    futures = writer.submit_rounds(run_id, LEASE, [step_done("t0"), step_done("t1")], [None, 99])
+    assert [await f for f in futures] == [5, None]
+    assert await pool.fetchval("SELECT last_seq FROM runs WHERE id = $1", run_id) == 5
+    run = await pool.fetchrow(queries["get_run"], run_id, None)
+    assert run is not None and run["last_seq"] == 6
+    assert await writer.submit(run_id, LEASE, step_done("u0"), after_seq=6) == 6
+    assert [seq for seq, _, _ in await events(pool, run_id)] == list(range(1, 8))
+    snapshot = await pool.fetchrow(queries["run_snapshot"], run_id)
+    assert snapshot is not None and snapshot["last_seq"] == 7
     await writer.close()
 
 
