@@ -22,7 +22,7 @@ DELETE FROM webhook_secrets WHERE workflow_id = $1 RETURNING workflow_id;
 -- $1 workflow_id, $2 delivery_id; the run the first copy of this delivery started
 SELECT r.*
 FROM webhook_deliveries d
-JOIN runs r ON r.id = d.run_id
+JOIN runs_now r ON r.id = d.run_id
 WHERE d.workflow_id = $1 AND d.delivery_id = $2;
 
 -- name: insert_webhook_delivery
