@@ -239,29 +239,53 @@ class RunActor(Actor):
 
         Steps computed inline (pure ones) are committed round by round, each round in its own
         commit: a step's result is durable before anything is started or told from it. The
-        pure rounds that follow are planned at once, each on a copy of the state before it
+        pure rounds that follow are planned ahead, each on a copy of the state before it
         (pure work: nothing started, nobody told), and handed to the writer together: it
         commits them in order, each in its own transaction, and applies a round only where
         the one before it left the run. The actor then adopts them one by one.
+
+        A longer chain of pure steps goes in batches of MAX_ROUNDS rounds, the next batch
+        planned while the one before it commits.
         """
         launches, computed = await self._plan(t, scratch)
         if not t:
             return
-        rounds: list[Round] = [(t, scratch, launches)]
-        while computed and not launches and not scratch.terminal and len(rounds) < MAX_ROUNDS:
+        batch: list[Round] = [(t, scratch, launches)]
+        more = computed and not launches and not scratch.terminal
+        if more:
+            ahead, more = await self._plan_ahead(scratch, MAX_ROUNDS - 1)
+            batch += ahead
+        while batch:
+            commits = await self._send(batch)
+            following: list[Round] = []
+            if more:  # planned while `batch` is sent and committed
+                await asyncio.sleep(0)  # the writer puts it on the wire first
+                following, more = await self._plan_ahead(batch[-1][1], MAX_ROUNDS)
+            if await self._adopt_batch(batch, commits):
+                return
+            batch = following
+
+    async def _plan_ahead(self, scratch: RunState, limit: int) -> tuple[list[Round], bool]:
+        """Up to `limit` rounds after the state `scratch`, each on a copy of the one before;
+        and whether more may be ready after the last of them (it computed a pure step)."""
+        rounds: list[Round] = []
+        while len(rounds) < limit:
             scratch, t = scratch.copy(), Transition()
             launches, computed = await self._plan(t, scratch)
             if not t:
-                break
+                return rounds, False
             rounds.append((t, scratch, launches))
-        after: list[int | None] = [None]
-        seq = self.seq
-        for previous, _, _ in rounds[:-1]:
-            seq += len(previous.events)
-            after.append(seq)
-        commits = await self._send([r[0] for r in rounds], after)
+            if not computed or launches or scratch.terminal:
+                return rounds, False
+        return rounds, True
+
+    async def _adopt_batch(
+        self, batch: list[Round], commits: list[asyncio.Future[int | None]]
+    ) -> bool:
+        """Adopt each round of `batch` once committed; True when one of them ended the run."""
+        await self._inserted()
         for index, ((t, scratch, launches), committed) in enumerate(
-            zip(rounds, commits, strict=True)
+            zip(batch, commits, strict=True)
         ):
             try:
                 base = await committed
@@ -276,26 +300,25 @@ class RunActor(Actor):
             await self._adopt(t, scratch, launches)
             if scratch.terminal:
                 await self._finish(t)
-                return
+                return True
+        return False
 
-    async def _send(
-        self, rounds: list[Transition], after: list[int | None]
-    ) -> list[asyncio.Future[int | None]]:
-        """Hand consecutive rounds to the writer once the run's row is in; with the row's
-        insert, when it is this actor's to send."""
+    async def _send(self, batch: list[Round]) -> list[asyncio.Future[int | None]]:
+        """Hand consecutive rounds to the writer, each to apply where the one before it
+        leaves the run; with the run's insert when it is this actor's to send, otherwise
+        once the run's row is in."""
         assert self.lease is not None  # noqa: S101 - set in on_start
+        rounds = [t for t, _, _ in batch]
+        after: list[int | None] = [None]
+        seq = self.seq
+        for previous in rounds[:-1]:
+            seq += len(previous.events)
+            after.append(seq)
         writer = self.services.writer
-        sent = (
-            self.pending.send(writer, self.run_id, self.lease, rounds, after)
-            if self.pending
-            else None
-        )
+        if self.pending is not None and self.pending.to_send:
+            return self.pending.send(writer, self.run_id, self.lease, rounds, after)
         await self._inserted()
-        return (
-            sent
-            if sent is not None
-            else writer.submit_rounds(self.run_id, self.lease, rounds, after)
-        )
+        return writer.submit_rounds(self.run_id, self.lease, rounds, after)
 
     async def _inserted(self) -> None:
         """Wait for the run's row when its insert is still on its way; then take that row."""

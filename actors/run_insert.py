@@ -38,6 +38,11 @@ class PendingInsert:
     # first rounds (the writer then settles `inserted`).
     args: tuple[Any, ...] | None = None
 
+    @property
+    def to_send(self) -> bool:
+        """Whether the actor is still to send the insert itself (see `send`)."""
+        return self.args is not None
+
     def send(
         self,
         writer: RunWriter,
@@ -45,10 +50,10 @@ class PendingInsert:
         lease: Lease,
         rounds: list[Transition],
         after: list[int | None],
-    ) -> list[asyncio.Future[int | None]] | None:
-        """Send the insert with `rounds` when it is the actor's to send; None when it is not."""
+    ) -> list[asyncio.Future[int | None]]:
+        """Send the insert with `rounds`; only while it is the actor's to send (`to_send`)."""
         if self.args is None:
-            return None
+            raise RuntimeError("this insert is not the actor's to send")
         args, self.args = self.args, None
         return writer.submit_start(run_id, lease, args, rounds, after, self.inserted)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from actors.run import MAX_ROUNDS
 from runtime.keys import DB_POOL, DISPATCHER
 from runtime.shards import Lease
 from tests.conftest import Client, Publish, auth, events_of, start_run, wait_run
@@ -292,6 +293,25 @@ async def test_events_are_gap_free_and_ordered(client: Client, publish: Publish)
     assert page["pagination"]["next_after_seq"] == 5
     started = [datetime.fromisoformat(e["at"]) for e in events if e["event"] == "step.succeeded"]
     assert started == sorted(started)
+
+
+async def test_a_chain_of_pure_steps_longer_than_one_rounds_call_runs_to_the_end(
+    client: Client, publish: Publish
+) -> None:
+    # More pure steps in a row than one call commits (MAX_ROUNDS): the rest follow in the
+    # next calls, each step once and in order.
+    n = MAX_ROUNDS * 2 + 3
+    nodes = [{"id": f"s{i}", "type": "transform", "data": {"output": {"i": i}}} for i in range(n)]
+    edges = [edge(f"s{i}", f"s{i + 1}") for i in range(n - 1)]
+    wf = await publish(nodes, edges)
+    resp = await client.post(f"/api/v1/workflows/{wf['id']}/run?wait_s=20", json={}, headers=auth())
+    assert resp.status == 200, await resp.text()
+    run = (await resp.json())["data"]
+    assert run["status"] == "succeeded" and run["output"] == {f"s{n - 1}": {"i": n - 1}}
+    events = await events_of(client, run["id"])
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    succeeded = [e["step_id"] for e in events if e["event"] == "step.succeeded"]
+    assert succeeded == [f"s{i}" for i in range(n)]
 
 
 async def test_start_and_wait_for_the_end(client: Client, publish: Publish) -> None:
