@@ -10,7 +10,7 @@ parents); a step whose edges are all dead is skipped, and the skip flows downstr
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -72,6 +72,12 @@ class Graph:
     nodes: Mapping[str, Node]
     incoming: Mapping[str, tuple[Edge, ...]] = field(default_factory=dict)
     outgoing: Mapping[str, tuple[Edge, ...]] = field(default_factory=dict)
+    # Each node's place in definition order.
+    order: Mapping[str, int] = field(default_factory=dict)
+
+    def successors(self, node_ids: Collection[str]) -> set[str]:
+        """The targets of the edges out of `node_ids`."""
+        return {e.target for n in node_ids for e in self.outgoing.get(n, ())}
 
     @property
     def sinks(self) -> list[str]:
@@ -96,6 +102,7 @@ def build_graph(definition: Mapping[str, Any]) -> Graph:
         nodes,
         {k: tuple(v) for k, v in incoming.items()},
         {k: tuple(v) for k, v in outgoing.items()},
+        {n: i for i, n in enumerate(nodes)},
     )
 
 
@@ -131,22 +138,30 @@ def _edge_state(edge: Edge, statuses: Mapping[str, StepStatus], outputs: Mapping
 
 
 def next_steps(
-    graph: Graph, statuses: Mapping[str, StepStatus], outputs: Mapping[str, Any]
+    graph: Graph,
+    statuses: Mapping[str, StepStatus],
+    outputs: Mapping[str, Any],
+    among: Collection[str] | None = None,
 ) -> tuple[list[str], list[str]]:
     """(steps to start now, steps to mark skipped), in definition order.
 
-    Skips are applied as they are found, so one call returns a whole skipped branch.
+    Skips are applied as they are found, so one call returns a whole skipped branch. `among`
+    limits the look to those steps (and what their skips reach): the successors of the steps
+    that changed since a call that left nothing ready, as nothing else can have become so.
     """
     # Called once per planned round: no copy of the statuses unless a skip needs one, and no
     # list of edge states per step.
     current: Mapping[str, StepStatus] = statuses
     copied: dict[str, StepStatus] | None = None
+    looked: set[str] | None = None if among is None else set(among)
     start: list[str] = []
     skip: list[str] = []
     changed = True
     while changed:
         changed = False
-        for node_id in graph.nodes:
+        for node_id in (
+            graph.nodes if looked is None else sorted(looked, key=graph.order.__getitem__)
+        ):
             if current.get(node_id, StepStatus.PENDING) != StepStatus.PENDING or node_id in start:
                 continue
             edges = graph.incoming.get(node_id, ())
@@ -167,4 +182,6 @@ def next_steps(
                 copied[node_id] = StepStatus.SKIPPED
                 current = copied
                 changed = True
+                if looked is not None:
+                    looked |= graph.successors((node_id,))
     return start, skip

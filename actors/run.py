@@ -253,30 +253,35 @@ class RunActor(Actor):
         batch: list[Round] = [(t, scratch, launches)]
         more = computed and not launches and not scratch.terminal
         if more:
-            ahead, more = await self._plan_ahead(scratch, MAX_ROUNDS - 1)
+            ahead, more = await self._plan_ahead(batch[0], MAX_ROUNDS - 1)
             batch += ahead
         while batch:
             commits = await self._send(batch)
             following: list[Round] = []
             if more:  # planned while `batch` is sent and committed
                 await asyncio.sleep(0)  # the writer puts it on the wire first
-                following, more = await self._plan_ahead(batch[-1][1], MAX_ROUNDS)
+                following, more = await self._plan_ahead(batch[-1], MAX_ROUNDS)
             if await self._adopt_batch(batch, commits):
                 return
             batch = following
 
-    async def _plan_ahead(self, scratch: RunState, limit: int) -> tuple[list[Round], bool]:
-        """Up to `limit` rounds after the state `scratch`, each on a copy of the one before;
+    async def _plan_ahead(self, after: Round, limit: int) -> tuple[list[Round], bool]:
+        """Up to `limit` rounds after the round `after`, each on a copy of the state before it;
         and whether more may be ready after the last of them (it computed a pure step)."""
         rounds: list[Round] = []
+        previous, scratch, _ = after
         while len(rounds) < limit:
+            # The round before started everything that was ready, and launched nothing: only
+            # the successors of what it changed can be ready now.
+            among = scratch.graph.successors([c.step_id for c in previous.steps])
             scratch, t = scratch.copy(), Transition()
-            launches, computed = await self._plan(t, scratch)
+            launches, computed = await self._plan(t, scratch, among)
             if not t:
                 return rounds, False
             rounds.append((t, scratch, launches))
             if not computed or launches or scratch.terminal:
                 return rounds, False
+            previous = t
         return rounds, True
 
     async def _adopt_batch(
@@ -332,9 +337,12 @@ class RunActor(Actor):
         assert self.lease is not None  # noqa: S101 - set in on_start
         return self.services.writer.submit(self.run_id, self.lease, t, after_seq)
 
-    async def _plan(self, t: Transition, scratch: RunState) -> tuple[list[tuple[str, int]], bool]:
-        """One round of scheduling, then the run's own status, added to `t` and `scratch`."""
-        launches, computed = await self._schedule(t, scratch)
+    async def _plan(
+        self, t: Transition, scratch: RunState, among: set[str] | None = None
+    ) -> tuple[list[tuple[str, int]], bool]:
+        """One round of scheduling, then the run's own status, added to `t` and `scratch`
+        (`among`: the only steps that may have become ready, as `next_steps` takes it)."""
+        launches, computed = await self._schedule(t, scratch, among)
         self._settle(t, scratch)
         return launches, computed
 
@@ -357,7 +365,7 @@ class RunActor(Actor):
         self.services.bus.published(self.run_id)
 
     async def _schedule(
-        self, t: Transition, scratch: RunState
+        self, t: Transition, scratch: RunState, among: set[str] | None = None
     ) -> tuple[list[tuple[str, int]], bool]:
         """Add one round of skips, pure step results and starts to `t`.
 
@@ -367,7 +375,8 @@ class RunActor(Actor):
         launches: list[tuple[str, int]] = []
         if scratch.terminal:
             return launches, False
-        start, skip = next_steps(scratch.graph, scratch.effective_statuses(), scratch.outputs)
+        statuses = scratch.effective_statuses()
+        start, skip = next_steps(scratch.graph, statuses, scratch.outputs, among)
         for sid in skip:
             scratch.record(t, StepChange(sid, "skipped", scratch.attempts[sid]), "step.skipped")
         computed = False
