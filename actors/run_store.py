@@ -113,8 +113,8 @@ class RoundsWritten:
 async def commit_rounds(conn: Conn, changes: list[RunChange]) -> RoundsWritten:
     """Commit one run's rounds one after another, each in its own transaction, in one call
     (it stops at the first round fenced off: see `RoundsWritten.fenced`)."""
-    rounds = [_round_document(change) for change in changes]
-    row = await conn.fetchrow(queries["commit_run_rounds"], changes[0].lease.node_id, rounds)
+    doc = _rounds_document(changes)
+    row = await conn.fetchrow(queries["run_rounds"], changes[0].lease.node_id, doc)
     assert row is not None  # noqa: S101 - a CALL with an INOUT parameter returns one row
     return _rounds_written(row, len(changes))
 
@@ -129,10 +129,8 @@ async def start_rounds(
     and what the rounds did (None with it). Rounds fenced off leave the run created, pending
     or further, for the shard's next owner.
     """
-    rounds = [_round_document(change) for change in changes]
-    row = await conn.fetchrow(
-        queries["start_run_rounds"], changes[0].lease.node_id, *insert, rounds
-    )
+    doc = _rounds_document(changes)
+    row = await conn.fetchrow(queries["start_run"], changes[0].lease.node_id, *insert, doc)
     assert row is not None  # noqa: S101 - a CALL with an INOUT parameter returns one row
     if row["created"] is None:
         return None, None
@@ -141,16 +139,16 @@ async def start_rounds(
 
 def _rounds_written(row: asyncpg.Record, rounds: int) -> RoundsWritten:
     """What the rounds procedure's result row says of `rounds` rounds sent."""
-    results: list[dict[str, Any]] = row["results"]
-    fenced = bool(results and results[-1].get("fenced"))
-    bases: list[int | None] = [] if fenced else [r["base_seq"] for r in results]
+    fenced = bool(row["fenced"])
+    bases: list[int | None] = [] if fenced else list(row["bases"])
     final = row["final"]
     ended = None if final is None else {**dict(final), "steps": row["final_steps"]}
     return RoundsWritten(bases + [None] * (rounds - len(bases)), ended, fenced)
 
 
 Document = dict[str, list[dict[str, Any]]]
-_TABLES = ("runs", "steps", "events", "commands", "attempts")
+_ROWS = ("steps", "events", "commands", "attempts")
+_TABLES = ("runs", *_ROWS)
 
 
 def _document(changes: list[RunChange]) -> Document:
@@ -163,31 +161,53 @@ def _document(changes: list[RunChange]) -> Document:
     return doc
 
 
-def _round_document(change: RunChange) -> Document:
-    """One run's change as the rounds procedure reads it: its rows need no run id."""
-    doc: Document = {table: [] for table in _TABLES}
-    _add_change(doc, change, None)
-    return doc
+def _rounds_document(changes: list[RunChange]) -> dict[str, Any]:
+    """One run's consecutive changes as the rounds procedure reads them (migrations/0011):
+    the run and its lease once, then each round's own fields beside its rows, which need no
+    run id; empty lists are left out."""
+    rounds: list[dict[str, Any]] = []
+    for change in changes:
+        rows: Document = {table: [] for table in _ROWS}
+        _add_rows(rows, change, None)
+        rounds.append({**_run_fields(change), **{k: v for k, v in rows.items() if v}})
+    first = changes[0]
+    return {
+        "id": str(first.run_id),
+        "shard": first.lease.shard,
+        "token": first.lease.token,
+        "rounds": rounds,
+    }
 
 
 def _add_change(doc: Document, change: RunChange, rid: str | None) -> None:
-    """Add one run's change to `doc`; each row names its run when `rid` is given.
+    """Add one run's change to `doc`; each row names its run when `rid` is given."""
+    lease = change.lease
+    doc["runs"].append(
+        {"id": str(change.run_id), "shard": lease.shard, "token": lease.token} | _run_fields(change)
+    )
+    _add_rows(doc, change, rid)
+
+
+def _run_fields(change: RunChange) -> dict[str, Any]:
+    """What a change does to its run itself: its events' count, status, error, output, and
+    the seq it expects to find.
 
     Fields that are null are left out (the statements read a missing field as NULL): on the
     hot path the document is encoded in Python and parsed by PostgreSQL for every commit.
     """
-    t, lease = change.transition, change.lease
-    run: dict[str, Any] = {
-        "id": str(change.run_id),
-        "shard": lease.shard,
-        "token": lease.token,
-        "n_events": len(t.events),
-    }
+    t = change.transition
+    run: dict[str, Any] = {"n_events": len(t.events)}
     _put(run, "status", t.run_status)
     _put(run, "error", t.run_error)
     _put(run, "output", t.run_output)
     _put(run, "expect", change.after_seq)
-    doc["runs"].append(run)
+    return run
+
+
+def _add_rows(doc: Document, change: RunChange, rid: str | None) -> None:
+    """Add one change's step, attempt, event and command rows to `doc` (naming their run when
+    `rid` is given)."""
+    t = change.transition
     # A step may change twice in one transition (reset, then started): its row takes the last
     # change, while every finished attempt along the way is still recorded once (the first
     # result of an attempt is the one that counts).

@@ -69,7 +69,8 @@ def apply_migrations(url: str) -> list[str]:
 def _dumps(value: Any) -> str:
     # Timestamps and UUIDs appear in audit changes; they are stored as their ISO/str forms.
     # NaN and Infinity are not JSON (PostgreSQL refuses them): fail here, as bad input.
-    return json.dumps(value, default=str, allow_nan=False)
+    # No spaces after separators: less to send and for PostgreSQL to parse (it keeps none).
+    return json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
 
 
 # jsonb's binary form is a version byte and the JSON text.

@@ -84,17 +84,17 @@ UPDATE runs SET deadline_at = $2 WHERE id = $1 AND deadline_at IS NULL;
 -- new event, or NULL when the change did not apply; a run missing was fenced off.
 SELECT id, base_seq FROM stepwell_persist_run_changes($1, $2);
 
--- name: commit_run_rounds
--- $1 node_id, $2 a JSON array of one run's rounds, each a document as persist_run_changes
--- takes: committed one after another, each in its own transaction (a procedure, one round
--- trip). Returns the procedure's `results`, and `final` and `final_steps` when the last round
--- ended the run (see migrations/0010, whose stepwell_commit_run_rounds is called).
-CALL stepwell_commit_run_rounds($1, $2);
+-- name: run_rounds
+-- $1 node_id, $2 one run's rounds as one document (see migrations/0011): committed one after
+-- another, each in its own transaction (a procedure, one round trip). Returns `bases` (each
+-- round's base seq; NULL: not applied, nor any after it), `fenced`, and `final` and
+-- `final_steps` when the last round ended the run (stepwell_run_rounds).
+CALL stepwell_run_rounds($1, $2);
 
--- name: start_run_rounds
--- $1 node_id, $2..$18 insert_run's $1..$17, $19 the run's first rounds as commit_run_rounds
--- takes them. Inserts the run and commits the rounds, the first in the insert's transaction.
+-- name: start_run
+-- $1 node_id, $2..$18 insert_run's $1..$17, $19 the run's first rounds as run_rounds takes
+-- them. Inserts the run and commits the rounds, the first in the insert's transaction.
 -- Returns `created` (the run row, or NULL when insert_run would return none; then no round
--- was tried) with commit_run_rounds' `results`, `final` and `final_steps`.
-CALL stepwell_start_run_rounds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                               $15, $16, $17, $18, $19);
+-- was tried) with run_rounds' `bases`, `fenced`, `final` and `final_steps`.
+CALL stepwell_start_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                        $17, $18, $19);
