@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from actors.templates import find_templates
+
 
 class StepStatus(StrEnum):
     PENDING = "pending"
@@ -63,6 +65,7 @@ class Node:
     config: Mapping[str, Any]
     retry: RetryPolicy = RetryPolicy()
     timeout_s: float | None = None
+    templated: bool = False  # its config holds a template (rendering it reads the run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +92,10 @@ def build_graph(definition: Mapping[str, Any]) -> Graph:
     nodes: dict[str, Node] = {}
     for raw in definition.get("nodes", []):
         retry = RetryPolicy(**raw["retry"]) if raw.get("retry") else RetryPolicy()
+        config = raw.get("data") or {}
+        templated = bool(find_templates(config))
         nodes[raw["id"]] = Node(
-            raw["id"], raw["type"], raw.get("data") or {}, retry, raw.get("timeout_s")
+            raw["id"], raw["type"], config, retry, raw.get("timeout_s"), templated
         )
     incoming: dict[str, list[Edge]] = {n: [] for n in nodes}
     outgoing: dict[str, list[Edge]] = {n: [] for n in nodes}

@@ -24,7 +24,7 @@ from actors.run_messages import Poke, RunServices, StepFinished, TimerFired
 from actors.run_state import TERMINAL_RUN, RunState
 from actors.run_store import Event, LeaseLost, StepChange, Transition
 from actors.step_platform import RunStepPlatform
-from actors.steps import EXECUTORS, PURE_STEPS, delay
+from actors.steps import EXECUTORS, PURE_STEPS, READS_CONTEXT, delay
 from actors.steps.context import StepContext, StepFailed, Wait
 from actors.templates import TemplateError, render
 from runtime.shards import Lease
@@ -393,7 +393,9 @@ class RunActor(Actor):
     async def _run_pure(self, t: Transition, scratch: RunState, sid: str, attempt: int) -> None:
         t.events.append(Event("step.started", sid, {"attempt": attempt}))
         node = scratch.graph.nodes[sid]
-        scope = scratch.scope()  # once: the template and the step see the same one
+        # Built once, and only where something reads it (a template in the config, or a step
+        # that reads the context): the template and the step see the same one.
+        scope = scratch.scope() if node.templated or node.type in READS_CONTEXT else {}
         try:
             config = render(node.config, scope)
             output = await EXECUTORS[node.type](self._context(sid, attempt, scratch, scope), config)

@@ -71,3 +71,5 @@ EXECUTORS: Mapping[str, Executor] = MappingProxyType(
 )
 # Steps with no side effects: executed inline, their start and result recorded together.
 PURE_STEPS = frozenset({"condition", "transform", "evaluate"})
+# Pure steps that read the run's context themselves, not only through templates in their config.
+READS_CONTEXT = frozenset({"condition"})
