@@ -1,5 +1,5 @@
-"""Dataset version profiles: schema and per-column statistics of tabular files, made by a
-background job after a version is created.
+"""Dataset version profiles: schema and per-column statistics of tabular files, computed by a
+background job after a version is created (`actors/profile_jobs.py` runs the jobs).
 
 CSV, JSON lines and Parquet files are copied from storage to a temporary directory (streamed)
 and read with pandas in a worker thread, at most `MAX_ROWS` rows per file. Image, text and
@@ -12,36 +12,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import logging
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-import aiojobs
-import asyncpg
 import numpy as np
 import pandas as pd
 
 # pyarrow ships no type information; setup.cfg's mypy section does not list it yet
 import pyarrow as pa
 import pyarrow.parquet as pq
-from aiohttp import web
 
-from runtime.keys import DB_POOL, STORAGE
-from runtime.sql import queries
 from runtime.storage.base import Storage, StorageError
 
-log = logging.getLogger(__name__)
-PROFILER = web.AppKey("dataset_profiler", aiojobs.Scheduler)
 MAX_ROWS = 1_000_000
 PROFILED_TYPES = ("tabular", "time-series")
-CONCURRENT_PROFILES = 2  # each may hold up to MAX_ROWS rows in memory
-RESUME_AT_START = 1000
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
 TOP_VALUES = 10
@@ -65,54 +54,6 @@ class Outcome:
     profile: dict[str, Any] | None
     error: str | None
     row_count: int | None
-
-
-async def profiling_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: the profiling job scheduler. At start it picks up versions whose profile
-    never started (the process stopped between commit and scheduling); at shutdown it cancels
-    running jobs, which hand their versions back as pending. Register after the pool and
-    storage."""
-    scheduler = aiojobs.Scheduler(limit=CONCURRENT_PROFILES, close_timeout=5.0)
-    app[PROFILER] = scheduler
-    pool, storage = app[DB_POOL], app[STORAGE]
-    for row in await pool.fetch(queries["list_pending_dataset_profiles"], RESUME_AT_START):
-        await schedule_profile(scheduler, pool, storage, row["id"])
-    yield
-    await scheduler.close()
-
-
-async def schedule_profile(
-    scheduler: aiojobs.Scheduler, pool: asyncpg.Pool[Any], storage: Storage, version_id: UUID
-) -> None:
-    """Profile a committed version in the background."""
-    if scheduler.closed:  # shutting down: the next start picks the pending version up
-        log.info("not profiling version %s now: shutting down", version_id)
-        return
-    await scheduler.spawn(run_profile(pool, storage, version_id), name=f"profile {version_id}")
-
-
-async def run_profile(pool: asyncpg.Pool[Any], storage: Storage, version_id: UUID) -> None:
-    """Claim a pending profile, compute it, write the result; every outcome is recorded."""
-    claimed = await pool.fetchrow(queries["claim_dataset_profile"], version_id)
-    if claimed is None:  # another process or an earlier job has it
-        return
-    try:
-        outcome = await profile_files(storage, claimed["dataset_type"], claimed["files"])
-    except asyncio.CancelledError:
-        await pool.execute(queries["release_dataset_profile"], version_id)
-        raise
-    except Exception as exc:  # a bug here must not leave the version running forever
-        log.exception("profiling version %s failed", version_id)
-        message = f"profiling failed unexpectedly ({type(exc).__name__}); see the server log"
-        outcome = Outcome("failed", None, message, None)
-    await pool.execute(
-        queries["finish_dataset_profile"],
-        version_id,
-        outcome.status,
-        outcome.profile,
-        outcome.error,
-        outcome.row_count,
-    )
 
 
 async def profile_files(

@@ -19,7 +19,7 @@ from marshmallow import Schema, ValidationError, fields, validate
 
 from actors import dataset_uploads as uploads
 from actors import datasets as ds
-from actors import profiling
+from actors.profile_jobs import PROFILER
 from handlers.common import (
     audit_ctx,
     envelope,
@@ -301,9 +301,7 @@ def _load(schema: type[Schema], body: Any) -> dict[str, Any]:
 async def create_version(request: web.Request) -> web.Response:
     body, dataset_id, ctx = validated(request), _path_id(request), audit_ctx(request)
     pool, storage = request.app[DB_POOL], request.app[STORAGE]
-    profiler = request.app[
-        profiling.PROFILER
-    ]  # fails before any write when profiling is not set up
+    profiler = request.app[PROFILER]  # fails before any write when profiling is not set up
     upload_id: UUID = body["upload_id"]
     async with pool.acquire() as conn:
         upload_row, rows = await ds.upload_to_version(
@@ -314,7 +312,7 @@ async def create_version(request: web.Request) -> web.Response:
         version = await ds.create_version(
             conn, ctx, dataset_id, upload_id, files, body.get("description", "")
         )
-    await profiling.schedule_profile(profiler, pool, storage, version["id"])
+    await profiler.schedule(version["id"])
     return ok(record_json(version), status=201)
 
 

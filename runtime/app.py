@@ -11,7 +11,7 @@ from aiohttp_apigami import AiohttpApiSpec, OpenApiVersion, validation_middlewar
 from actors.batch_predictions import batch_jobs_ctx
 from actors.deployments import deployments_ctx
 from actors.dispatch import runs_ctx
-from actors.profiling import profiling_ctx
+from actors.profile_jobs import profiling_ctx
 from handlers import (
     api_keys,
     audit,

@@ -108,24 +108,39 @@ SELECT profile_status, profile, profile_error
 FROM dataset_versions WHERE dataset_id = $1 AND version = $2;
 
 -- name: claim_dataset_profile
--- $1 version id; only a pending profile is claimed, so two processes never both run it
+-- $1 version id, $2 node id; only a pending profile is claimed, so two processes never both
+-- run it
 UPDATE dataset_versions v
-SET profile_status = 'running', profile_error = NULL
+SET profile_status = 'running', profile_error = NULL, profile_node = $2
 FROM datasets d
 WHERE v.id = $1 AND v.profile_status = 'pending' AND d.id = v.dataset_id
 RETURNING v.id, v.files, d.dataset_type;
 
 -- name: finish_dataset_profile
 -- $1 version id, $2 profile_status ('succeeded' or 'failed'), $3 profile, $4 profile_error,
--- $5 row_count (NULL: unknown)
+-- $5 row_count (NULL: unknown), $6 node id: written only under that node's claim
 UPDATE dataset_versions
-SET profile_status = $2, profile = $3, profile_error = $4, row_count = $5
-WHERE id = $1 AND profile_status = 'running';
+SET profile_status = $2, profile = $3, profile_error = $4, row_count = $5, profile_node = NULL
+WHERE id = $1 AND profile_status = 'running' AND profile_node = $6;
 
 -- name: release_dataset_profile
--- $1 version id; a profile interrupted by shutdown goes back to pending to be picked up again
-UPDATE dataset_versions SET profile_status = 'pending'
-WHERE id = $1 AND profile_status = 'running';
+-- $1 version id, $2 node id; a profile interrupted by shutdown goes back to pending to be
+-- picked up again
+UPDATE dataset_versions SET profile_status = 'pending', profile_node = NULL
+WHERE id = $1 AND profile_status = 'running' AND profile_node = $2;
+
+-- name: reclaim_dataset_profiles
+-- $1 this node's id when it is starting (its claims died with the process before it) or
+-- NULL, $2 seconds a node's heartbeat stays fresh. Profiles claimed by a node that is gone
+-- (or by no node: claimed by a release that did not record it) go back to pending; returns
+-- their ids.
+UPDATE dataset_versions v SET profile_status = 'pending', profile_node = NULL
+WHERE v.profile_status = 'running'
+  AND (v.profile_node IS NULL OR v.profile_node = $1
+       OR NOT EXISTS (SELECT FROM nodes n
+                      WHERE n.node_id = v.profile_node
+                        AND n.heartbeat_at > now() - make_interval(secs => $2)))
+RETURNING v.id;
 
 -- name: list_pending_dataset_profiles
 -- $1 limit

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from pytest_aiohttp import AiohttpClient
 
-from actors import profiling
+from actors import profile_jobs, profiling
 from runtime.app import create_app
 from runtime.config import Config
 from runtime.keys import DB_POOL, STORAGE
@@ -297,6 +297,31 @@ async def test_a_pending_profile_is_picked_up_when_the_app_starts(
     assert profile["status"] == "succeeded" and profile["profile"]["row_count"] == 3
 
 
+async def test_a_profile_left_running_by_a_process_that_died_is_computed_again(
+    client: Client, config: Config, database_url: str, aiohttp_client: AiohttpClient
+) -> None:
+    # What a process killed mid-profile leaves: versions claimed, `running`, by its node.
+    gone_id, gone_version = await pending_version(client, database_url)
+    alive_id, alive_version = await pending_version(client, database_url)
+    pool = client.app[DB_POOL]
+    await pool.execute("INSERT INTO nodes (node_id) VALUES ('node-alive')")
+    claim = (
+        "UPDATE dataset_versions SET profile_status = 'running', profile_node = $2 WHERE id = $1"
+    )
+    await pool.execute(claim, UUID(gone_version), "node-gone")  # never heard from
+    await pool.execute(claim, UUID(alive_version), "node-alive")  # still heartbeating
+    assert await client.app[profile_jobs.PROFILER].sweep() == 1
+    profile = await wait_profile(client, gone_id, 1)
+    assert profile["status"] == "succeeded" and profile["profile"]["row_count"] == 3
+    resp = await client.get(f"{BASE}/{alive_id}/versions/1/profile", headers=auth())
+    assert (await body_of(resp, 200))["data"]["status"] == "running"
+    # A process restarting with the node id of one that died takes back that one's claims.
+    await pool.execute(claim, UUID(alive_version), config.node_id)
+    restarted = await aiohttp_client(create_app(config))
+    profile = await wait_profile(restarted, alive_id, 1)
+    assert profile["status"] == "succeeded" and profile["profile"]["row_count"] == 3
+
+
 class StalledStorage:
     """Storage whose reads never deliver: a profile that is still downloading."""
 
@@ -315,7 +340,9 @@ async def test_a_profile_interrupted_by_shutdown_goes_back_to_pending(
     dataset_id, version_id = await pending_version(client, database_url)
     storage = StalledStorage()
     job = asyncio.create_task(
-        profiling.run_profile(client.app[DB_POOL], cast(Storage, storage), UUID(version_id))
+        profile_jobs.run_profile(
+            client.app[DB_POOL], cast(Storage, storage), UUID(version_id), "node-test"
+        )
     )
     await asyncio.wait_for(storage.reading.wait(), 10)
     resp = await client.get(f"{BASE}/{dataset_id}/versions/1/profile", headers=auth())
