@@ -45,6 +45,8 @@ from runtime.storage.base import Storage, StorageError
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 1000
+SWEEP_EVERY_S = 30.0
+INTERRUPTED = "interrupted: the server shut down; the output was not stored"
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson"}
 
 
@@ -195,7 +197,13 @@ class BatchJob:
 
 
 class BatchJobs:
-    """This process's batch jobs: at most `max_running` at a time (the others wait, `queued`)."""
+    """This process's batch jobs: at most `max_running` at a time (the others wait, `queued`).
+
+    Each job records the node that runs it. A process that stops ends its jobs `failed`
+    (`close`); one that is killed cannot, so every process sweeps for jobs of nodes whose
+    heartbeat went stale (and, when starting, for its own node id's, left by the process
+    that had it before) and ends those `failed` too: a job is never left running for good.
+    """
 
     def __init__(
         self,
@@ -203,12 +211,41 @@ class BatchJobs:
         storage: Storage,
         cache: ModelCache,
         work_dir: Path,
+        node_id: str,
+        heartbeat_ttl_s: float = 15.0,
         max_running: int = 2,
     ) -> None:
         self.pool, self.storage, self.cache, self.work_dir = pool, storage, cache, work_dir
+        self.node_id, self.heartbeat_ttl_s = node_id, heartbeat_ttl_s
         self._slots = asyncio.Semaphore(max_running)
         self._tasks: set[asyncio.Task[None]] = set()
         self._unfinished: dict[UUID, tuple[BatchJob, Tally]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def sweep(self, *, starting: bool = False) -> int:
+        """End `failed` the jobs of nodes that are gone; how many. `starting`: also this node
+        id's, so call it before this process starts any job."""
+        rows = await self.pool.fetch(
+            queries["fail_abandoned_batch_jobs"],
+            self.node_id if starting else None,
+            self.heartbeat_ttl_s,
+        )
+        for row in rows:
+            log.warning("batch prediction job %s was abandoned by its process", row["id"])
+        return len(rows)
+
+    def sweep_every(self, seconds: float = SWEEP_EVERY_S) -> None:
+        """Sweep in the background until `close`."""
+
+        async def forever() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await self.sweep()
+                except (OSError, asyncpg.PostgresError):
+                    log.warning("batch job sweep failed; trying again in %s s", seconds)
+
+        self._sweeper = asyncio.create_task(forever(), name="batch-predictions:sweep")
 
     async def submit(self, ctx: AuditContext, body: Mapping[str, Any]) -> asyncpg.Record:
         """Check the request, record the job `queued` and start it."""
@@ -218,7 +255,7 @@ class BatchJobs:
             paths = await batch_paths(conn, self.storage, owner, body)
         await self.cache.get(version)  # a version that cannot serve is a 422, not a failed job
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await record_batch_job(conn, ctx, version, self.storage, paths)
+            row = await record_batch_job(conn, ctx, version, self.storage, paths, self.node_id)
         job = BatchJob(row["id"], dict(version), paths, bool(body.get("return_confidence")))
         self._unfinished[job.id] = (job, Tally())
         task = asyncio.create_task(self._run(job), name=f"batch-prediction:{job.id}")
@@ -228,11 +265,13 @@ class BatchJobs:
 
     async def close(self) -> None:
         """Stop every job; each ends `failed`, saying so (also those cancelled before starting)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for job, tally in list(self._unfinished.values()):
-            tally.error = "interrupted: the server shut down; the output was not stored"
+            tally.error = INTERRUPTED
             await self._finish(job, tally)
 
     async def _run(self, job: BatchJob) -> None:
@@ -305,8 +344,17 @@ async def _finished_thread(fn: Callable[..., T], *args: Any) -> T:
 
 def batch_jobs_of(app: web.Application) -> BatchJobs:
     """The app's batch jobs (see `per_app`)."""
-    work_dir = app[CONFIG].data_dir / "work"
-    make = partial(BatchJobs, app[DB_POOL], app[STORAGE], model_cache_of(app), work_dir)
+    config = app[CONFIG]
+    work_dir = config.data_dir / "work"
+    make = partial(
+        BatchJobs,
+        app[DB_POOL],
+        app[STORAGE],
+        model_cache_of(app),
+        work_dir,
+        config.node_id,
+        config.lease_ttl_s,
+    )
     return per_app(app, "batch_jobs", make)
 
 

@@ -461,8 +461,17 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     dispatcher.metrics = app[METRICS]
     dispatcher.model_cache = ModelCache(app[STORAGE], work_dir=config.data_dir / "work")
     dispatcher.batch_jobs = BatchJobs(
-        app[DB_POOL], app[STORAGE], dispatcher.model_cache, config.data_dir / "work"
+        app[DB_POOL],
+        app[STORAGE],
+        dispatcher.model_cache,
+        config.data_dir / "work",
+        config.node_id,
+        config.lease_ttl_s,
     )
+    # Before anything here can start a job: this node id's jobs in the database are then
+    # all left by the process that had it before.
+    await dispatcher.batch_jobs.sweep(starting=True)
+    dispatcher.batch_jobs.sweep_every()
     dispatcher.operations.update(OPERATIONS)
     training = build_training(config, app[STORAGE])
     dispatcher.training = training

@@ -258,8 +258,9 @@ async def record_batch_job(
     version: asyncpg.Record | Mapping[str, Any],
     storage: Storage,
     paths: BatchPaths,
+    node_id: str,
 ) -> asyncpg.Record:
-    """The job's row, `queued`, owned by the model's owner, and its audit entry."""
+    """The job's row, `queued` on `node_id`, owned by the model's owner, and its audit entry."""
     uris = storage.uri(paths.input_key), storage.uri(paths.output_key)
     row = await conn.fetchrow(
         queries["insert_batch_prediction_job"],
@@ -267,6 +268,7 @@ async def record_batch_job(
         version["id"],
         *uris,
         ctx.principal.user_id,
+        node_id,
     )
     assert row is not None  # noqa: S101 - INSERT ... RETURNING always returns the row
     await record_audit(

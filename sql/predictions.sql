@@ -35,10 +35,27 @@ ORDER BY p.created_at DESC, p.id
 LIMIT $3 OFFSET $4;
 
 -- name: insert_batch_prediction_job
--- $1 owner_id, $2 model_version_id, $3 input_uri, $4 output_uri, $5 created_by
-INSERT INTO batch_prediction_jobs (owner_id, model_version_id, input_uri, output_uri, created_by)
-VALUES ($1, $2, $3, $4, $5)
+-- $1 owner_id, $2 model_version_id, $3 input_uri, $4 output_uri, $5 created_by, $6 node_id
+-- (the node that runs it)
+INSERT INTO batch_prediction_jobs (owner_id, model_version_id, input_uri, output_uri, created_by,
+                                   node_id)
+VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING *;
+
+-- name: fail_abandoned_batch_jobs
+-- $1 this node's id when it is starting (its jobs died with the process before it) or NULL,
+-- $2 seconds a node's heartbeat stays fresh. Jobs queued or running on a node that is gone
+-- end failed, saying so; returns their ids. Jobs of a release that did not record their node
+-- are left alone (their process may still be running them).
+UPDATE batch_prediction_jobs j
+SET status = 'failed', completed_at = now(),
+    error = 'interrupted: the process running it stopped; the output was not stored'
+WHERE j.status IN ('queued', 'running') AND j.node_id IS NOT NULL
+  AND (j.node_id = $1
+       OR NOT EXISTS (SELECT FROM nodes n
+                      WHERE n.node_id = j.node_id
+                        AND n.heartbeat_at > now() - make_interval(secs => $2)))
+RETURNING j.id;
 
 -- name: get_batch_prediction_job
 -- $1 id, $2 owner_id (NULL: any owner)

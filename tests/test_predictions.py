@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from actors import batch_predictions
-from runtime.keys import STORAGE
+from runtime.keys import DB_POOL, STORAGE
 from tests.conftest import auth
 from tests.test_deployments import AppClient, Trained, json_of, trained_models
 from tests.test_training import make_dataset, make_model
@@ -268,6 +268,43 @@ async def test_batch_requests_that_cannot_run_are_422(served: Trained) -> None:
     other = {**body, "model_version_id": (await json_of(resp, 201))["data"]["id"]}
     resp = await client.post(f"{PREDICT}/batch", json=other, headers=auth())
     assert "has no Stepwell model file" in (await json_of(resp, 422))["error"]["message"]
+
+
+async def test_jobs_of_a_process_that_died_end_failed(served: Trained) -> None:
+    client = served.client
+    await store(client, "scoring/few.csv", b"x1,x2,plan\n1,2,pro\n")
+    ids = []
+    for name in ("gone", "alive", "restarted"):
+        body = {
+            "model_version_id": served.classifier["id"],
+            "input_gcs_path": "scoring/few.csv",
+            "output_gcs_path": f"scoring/few.{name}.csv",
+        }
+        ids.append((await run_batch(client, body))["id"])
+    # What a process killed mid-job leaves: its jobs `running` on its node.
+    pool = client.app[DB_POOL]
+    await pool.execute("INSERT INTO nodes (node_id) VALUES ('node-alive') ON CONFLICT DO NOTHING")
+    running = (
+        "UPDATE batch_prediction_jobs SET status = 'running', completed_at = NULL, node_id = $2"
+        " WHERE id = $1"
+    )
+    jobs = batch_predictions.batch_jobs_of(served.app)
+    for job_id, node in zip(ids, ("node-gone", "node-alive", jobs.node_id), strict=True):
+        await pool.execute(running, uuid.UUID(job_id), node)
+
+    async def status(job_id: str) -> dict[str, Any]:
+        resp = await client.get(f"{PREDICT}/batch/{job_id}", headers=auth())
+        data: dict[str, Any] = (await json_of(resp, 200))["data"]
+        return data
+
+    assert await jobs.sweep() == 1  # the node never heard from; this node's job is its own
+    gone = await status(ids[0])
+    assert gone["status"] == "failed" and "the process running it stopped" in gone["error"]
+    assert gone["completed_at"] is not None
+    assert [(await status(i))["status"] for i in ids[1:]] == ["running", "running"]
+    # A process starting with this node id: the job was left by the one before it.
+    assert await jobs.sweep(starting=True) == 1
+    assert [(await status(i))["status"] for i in ids[1:]] == ["running", "failed"]
 
 
 async def test_stopped_jobs_end_failed_even_before_they_start(

@@ -1,0 +1,1 @@
+ALTER TABLE batch_prediction_jobs DROP COLUMN node_id;
