@@ -39,6 +39,7 @@ from runtime.audit import AuditContext
 from runtime.compute.model_file import LoadedModel
 from runtime.errors import ApiError
 from runtime.keys import CONFIG, DB_POOL, STORAGE
+from runtime.periodic import every
 from runtime.sql import queries
 from runtime.storage.base import Storage, StorageError
 
@@ -236,16 +237,7 @@ class BatchJobs:
 
     def sweep_every(self, seconds: float = SWEEP_EVERY_S) -> None:
         """Sweep in the background until `close`."""
-
-        async def forever() -> None:
-            while True:
-                await asyncio.sleep(seconds)
-                try:
-                    await self.sweep()
-                except (OSError, asyncpg.PostgresError):
-                    log.warning("batch job sweep failed; trying again in %s s", seconds)
-
-        self._sweeper = asyncio.create_task(forever(), name="batch-predictions:sweep")
+        self._sweeper = every(seconds, self.sweep, "batch-predictions:sweep")
 
     async def submit(self, ctx: AuditContext, body: Mapping[str, Any]) -> asyncpg.Record:
         """Check the request, record the job `queued` and start it."""

@@ -33,6 +33,7 @@ from runtime.config import Config
 from runtime.db import Conn
 from runtime.errors import ValidationFailed
 from runtime.keys import CONFIG, DB_POOL
+from runtime.periodic import every
 from runtime.sql import queries
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,11 @@ INTERRUPTED = (
     "interrupted: the server shut down before Vertex AI finished; deploy again to carry on "
     "(the uploaded model and its endpoint are reused)"
 )
+ABANDONED = (
+    "interrupted: the process carrying it on stopped before Vertex AI finished; deploy again "
+    "to carry on (the uploaded model and its endpoint are reused)"
+)
+SWEEP_EVERY_S = 30.0
 
 
 class DeploymentStatus(StrEnum):
@@ -139,22 +145,49 @@ class VertexDeployer:
     """
 
     def __init__(
-        self, pool: asyncpg.Pool[Any], endpoints: VertexEndpoints | None, unavailable: str = ""
+        self,
+        pool: asyncpg.Pool[Any],
+        endpoints: VertexEndpoints | None,
+        unavailable: str = "",
+        node_id: str = "",
+        heartbeat_ttl_s: float = 15.0,
     ) -> None:
         self.pool, self.endpoints, self.unavailable = pool, endpoints, unavailable
+        # The node recorded with each deploy carried on here; a sweep by any process ends the
+        # deploys of a node that is gone (see `sweep`).
+        self.node_id, self.heartbeat_ttl_s = node_id, heartbeat_ttl_s
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._locks: weakref.WeakValueDictionary[UUID, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._sweeper: asyncio.Task[None] | None = None
 
     @classmethod
     def for_config(
         cls, pool: asyncpg.Pool[Any], config: Config, env: Mapping[str, str]
     ) -> VertexDeployer:
         """Deploys to Vertex with STEPWELL_COMPUTE=vertex and gs:// storage (run in a loop)."""
+        node, ttl = config.node_id, config.lease_ttl_s
         if config.compute != "vertex":
-            return cls(pool, None, f"STEPWELL_COMPUTE={config.compute}")
+            return cls(pool, None, f"STEPWELL_COMPUTE={config.compute}", node, ttl)
         if not (config.storage_url or "").startswith("gs://"):
-            return cls(pool, None, "STEPWELL_STORAGE is not gs://")
-        return cls(pool, VertexEndpoints.from_env(env))
+            return cls(pool, None, "STEPWELL_STORAGE is not gs://", node, ttl)
+        return cls(pool, VertexEndpoints.from_env(env), "", node, ttl)
+
+    async def sweep(self, *, starting: bool = False) -> int:
+        """End `failed` the deploys a process that is gone was carrying on; how many.
+        `starting`: also this node id's, so call it before this process starts a deploy."""
+        rows = await self.pool.fetch(
+            queries["fail_abandoned_deployments"],
+            self.node_id if starting else None,
+            self.heartbeat_ttl_s,
+            ABANDONED,
+        )
+        for row in rows:
+            log.warning("Vertex deployment %s was abandoned by its process", row["id"])
+        return len(rows)
+
+    def sweep_every(self, seconds: float = SWEEP_EVERY_S) -> None:
+        """Sweep in the background until `close`."""
+        self._sweeper = every(seconds, self.sweep, "deployments:sweep")
 
     def refuse_unless_available(self) -> None:
         """422 naming what to configure when this installation cannot deploy to Vertex."""
@@ -171,6 +204,8 @@ class VertexDeployer:
 
     async def close(self) -> None:
         """Stop every deploy in progress; each ends `failed`, saying so."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         running = dict(self._tasks)
         for task in running.values():
             task.cancel()
@@ -233,8 +268,12 @@ def vertex_deployer_of(app: web.Application) -> VertexDeployer:
 
 
 async def deployments_ctx(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx, after the pool: Vertex clients built in the loop; deploys stopped at exit."""
+    """cleanup_ctx, after the pool: Vertex clients built in the loop, deploys a process that
+    died left behind ended (this node id's too: none is running yet), deploys stopped at
+    exit."""
     deployer = vertex_deployer_of(app)
+    await deployer.sweep(starting=True)
+    deployer.sweep_every()
     yield
     await deployer.close()
 
@@ -293,7 +332,7 @@ async def _deploy_vertex(
     vertex.refuse_unless_available()
     request = vertex_request(model, version, body)
     async with pool.acquire() as conn, conn.transaction():
-        row = await _record(conn, ctx, version, alias, body, None, request.config())
+        row = await _record(conn, ctx, version, alias, body, None, request.config(), vertex.node_id)
     vertex.start(row["id"], request)
     return row
 
@@ -306,9 +345,10 @@ async def _record(
     body: Mapping[str, Any],
     endpoint: str | None,
     config: Mapping[str, Any],
+    node_id: str | None = None,
 ) -> asyncpg.Record:
-    """The row (`deployed` at `endpoint`, or `deploying` without one yet) and its audit entry,
-    under the model's lock (archives wait)."""
+    """The row (`deployed` at `endpoint`, or `deploying` on `node_id` without one yet) and its
+    audit entry, under the model's lock (archives wait)."""
     model = await conn.fetchrow(
         queries["lock_model_shared"], version["model_id"], ctx.principal.owner_filter
     )
@@ -326,6 +366,7 @@ async def _record(
         endpoint,
         config,
         ctx.principal.user_id,
+        node_id,
     )
     await record_audit(
         conn,

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from actors.profiling import Outcome, profile_files
 from runtime.keys import CONFIG, DB_POOL, STORAGE
+from runtime.periodic import every
 from runtime.sql import queries
 from runtime.storage.base import Storage
 
@@ -83,14 +84,6 @@ class Profiler:
             await self.schedule(row["id"])
         return len(reclaimed)
 
-    async def sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_EVERY_S)
-            try:
-                await self.sweep()
-            except (OSError, asyncpg.PostgresError):
-                log.warning("profile sweep failed; trying again in %s s", SWEEP_EVERY_S)
-
 
 PROFILER = web.AppKey("dataset_profiler", Profiler)
 
@@ -107,7 +100,7 @@ async def profiling_ctx(app: web.Application) -> AsyncIterator[None]:
     profiler = Profiler(app[DB_POOL], app[STORAGE], config.node_id, config.lease_ttl_s, scheduler)
     app[PROFILER] = profiler
     await profiler.sweep(starting=True)
-    sweeper = asyncio.create_task(profiler.sweep_forever(), name="profiles:sweep")
+    sweeper = every(SWEEP_EVERY_S, profiler.sweep, "profiles:sweep")
     yield
     sweeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):

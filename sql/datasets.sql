@@ -137,9 +137,7 @@ WHERE id = $1 AND profile_status = 'running' AND profile_node = $2;
 UPDATE dataset_versions v SET profile_status = 'pending', profile_node = NULL
 WHERE v.profile_status = 'running'
   AND (v.profile_node IS NULL OR v.profile_node = $1
-       OR NOT EXISTS (SELECT FROM nodes n
-                      WHERE n.node_id = v.profile_node
-                        AND n.heartbeat_at > now() - make_interval(secs => $2)))
+       OR stepwell_node_gone(v.profile_node, $2))
 RETURNING v.id;
 
 -- name: list_pending_dataset_profiles

@@ -3,11 +3,21 @@
 
 -- name: insert_deployment
 -- $1 owner_id, $2 model_id, $3 model_version_id, $4 alias, $5 target, $6 status, $7 endpoint,
--- $8 config, $9 created_by
+-- $8 config, $9 created_by, $10 node_id (the node carrying a deploy on; NULL: none)
 INSERT INTO deployments (owner_id, model_id, model_version_id, alias, target, status, endpoint,
-                         config, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         config, created_by, node_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 RETURNING id;
+
+-- name: fail_abandoned_deployments
+-- $1 this node's id when it is starting (its deploys died with the process before it) or
+-- NULL, $2 seconds a node's heartbeat stays fresh, $3 the error to record. Deployments still
+-- deploying on a node that is gone end failed; returns their ids. Those of a release that did
+-- not record their node are left alone (their process may still be carrying them on).
+UPDATE deployments d SET status = 'failed', error = $3, updated_at = now()
+WHERE d.status = 'deploying' AND d.node_id IS NOT NULL
+  AND (d.node_id = $1 OR stepwell_node_gone(d.node_id, $2))
+RETURNING d.id;
 
 -- name: get_deployment
 -- $1 id

@@ -51,10 +51,7 @@ UPDATE batch_prediction_jobs j
 SET status = 'failed', completed_at = now(),
     error = 'interrupted: the process running it stopped; the output was not stored'
 WHERE j.status IN ('queued', 'running') AND j.node_id IS NOT NULL
-  AND (j.node_id = $1
-       OR NOT EXISTS (SELECT FROM nodes n
-                      WHERE n.node_id = j.node_id
-                        AND n.heartbeat_at > now() - make_interval(secs => $2)))
+  AND (j.node_id = $1 OR stepwell_node_gone(j.node_id, $2))
 RETURNING j.id;
 
 -- name: get_batch_prediction_job

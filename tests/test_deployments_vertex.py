@@ -294,6 +294,39 @@ async def test_a_deploy_still_running_at_shutdown_ends_failed(
     assert row["error"].startswith("interrupted: the server shut down before Vertex AI finished")
 
 
+async def test_deploys_a_process_that_died_was_carrying_on_end_failed(
+    vertex_config: Config, fake: FakeVertexServing
+) -> None:
+    fake.operation_polls = 1_000_000  # the uploads never finish
+    client: Client = TestClient(TestServer(create_app(vertex_config)))
+    await client.start_server()
+    try:
+        version = await make_version(client)
+        ids = [
+            uuid.UUID((await json_of(await deploy(client, version), 202))["data"]["id"])
+            for _ in range(2)
+        ]
+        pool = client.app[DB_POOL]
+        state = "SELECT status, error FROM deployments WHERE id = $1"
+        # What a process killed mid-deploy leaves: the row deploying, on its node.
+        await pool.execute("UPDATE deployments SET node_id = 'node-gone' WHERE id = $1", ids[0])
+        assert await deployments.vertex_deployer_of(client.app).sweep() == 1
+        gone = await pool.fetchrow(state, ids[0])
+        assert gone is not None and gone["status"] == "failed"
+        assert gone["error"].startswith("interrupted: the process carrying it on stopped")
+        still = await pool.fetchrow(state, ids[1])
+        assert still is not None and still["status"] == "deploying"  # its node is alive
+        # A process starting with this node id: what the node had deploying was left behind.
+        restarted: Client = TestClient(TestServer(create_app(vertex_config)))
+        await restarted.start_server()
+        await restarted.close()
+        left = await pool.fetchrow(state, ids[1])
+        assert left is not None and left["status"] == "failed"
+        assert left["error"].startswith("interrupted: the process carrying it on stopped")
+    finally:
+        await client.close()
+
+
 async def test_a_workflow_deploy_step_cannot_target_vertex_yet(vertex: Client) -> None:
     """What the deploy step calls: it has no background deployer to hand the work to."""
     version = await make_version(vertex)
