@@ -322,13 +322,8 @@ async def _deploy_vertex(
 ) -> asyncpg.Record:
     """Record the deployment `deploying` and start it; Vertex serves the file, not this process,
     so the model is not loaded here."""
-    if vertex is None:  # a workflow step, whose deployment must be ready when the step ends
-        if compute != "vertex":
-            raise vertex_unavailable(f"STEPWELL_COMPUTE={compute}")
-        raise ValidationFailed(
-            "deploy steps cannot deploy to Vertex AI yet: use "
-            "POST /api/v1/models/{id}/versions/{v}/deploy, or target 'local'"
-        )
+    if vertex is None:
+        raise vertex_unavailable(f"STEPWELL_COMPUTE={compute}")
     vertex.refuse_unless_available()
     request = vertex_request(model, version, body)
     async with pool.acquire() as conn, conn.transaction():

@@ -23,6 +23,7 @@ from aiohttp import web
 from actors.base import MailboxFull
 from actors.batch_predictions import BatchJobs
 from actors.cron import CronActor
+from actors.deployments import VertexDeployer, vertex_deployer_of
 from actors.ml_operations import OPERATIONS
 from actors.model_cache import ModelCache
 from actors.registry import ActorRegistry
@@ -94,6 +95,7 @@ class RunDispatcher:
         self.model_cache: ModelCache | None = None
         self.metrics: Metrics | None = None
         self.batch_jobs: BatchJobs | None = None
+        self.vertex_deployer: VertexDeployer | None = None
         self.compute = compute
         # ML step operations by name (deploy, predict, ...), registered by the modules that
         # own them so this module does not depend on each of them.
@@ -472,6 +474,7 @@ async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
     # all left by the process that had it before.
     await dispatcher.batch_jobs.sweep(starting=True)
     dispatcher.batch_jobs.sweep_every()
+    dispatcher.vertex_deployer = vertex_deployer_of(app)  # built by deployments_ctx
     dispatcher.operations.update(OPERATIONS)
     training = build_training(config, app[STORAGE])
     dispatcher.training = training

@@ -16,6 +16,7 @@ from runtime.sql import queries
 
 PROFILE_POLL_S = 0.5
 BATCH_POLL_S = 0.5
+DEPLOY_POLL_S = 1.0
 
 
 def as_uuid(value: Any, field: str) -> UUID:
@@ -66,11 +67,16 @@ def _as_owner(run: Mapping[str, Any]) -> AuditContext:
 
 
 async def deploy(d: Any, run: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
-    """Deploy a version (by number or alias) of a model; it answers predictions at once."""
+    """Deploy a version (by number or alias) of a model and wait until it serves: locally at
+    once, on Vertex AI when Vertex has deployed it (the step's timeout bounds the wait; a
+    deploy again after a failure reuses what Vertex already has)."""
     ref = config.get("alias") or config.get("version")
     if ref is None:
         raise ValidationFailed("deploy needs a version or an alias")
-    body = {"target": config.get("target", "local")}
+    serving = ("machine_type", "min_replicas", "max_replicas")
+    body = {"target": config.get("target", "local")} | {
+        k: config[k] for k in serving if k in config
+    }
     row = await deployments.deploy(
         d.pool,
         d.model_cache,
@@ -79,7 +85,13 @@ async def deploy(d: Any, run: Mapping[str, Any], config: Mapping[str, Any]) -> A
         str(ref),
         body,
         d.compute,
+        d.vertex_deployer,
     )
+    while row["status"] == deployments.DeploymentStatus.DEPLOYING:
+        await asyncio.sleep(DEPLOY_POLL_S)
+        row = await d.pool.fetchrow(queries["get_deployment"], row["id"])
+    if row["status"] != deployments.DeploymentStatus.DEPLOYED:
+        raise ValidationFailed(f"the deployment failed: {row['error']}")
     return {
         "deployment_id": str(row["id"]),
         "model_version_id": str(row["model_version_id"]),

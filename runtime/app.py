@@ -91,9 +91,11 @@ def create_app(config: Config, *, clock: Clock | None = None) -> web.Application
     app.cleanup_ctx.append(db_pool_ctx)
     app.cleanup_ctx.append(idempotency_cleanup_ctx)
     app.cleanup_ctx.append(storage_ctx)
+    # Before the runs: a recovered run's deploy step finds the deployer, and deploys a process
+    # before this one left behind are ended before any run starts one.
+    app.cleanup_ctx.append(deployments_ctx)
     app.cleanup_ctx.append(runs_ctx)
     app.cleanup_ctx.append(batch_jobs_ctx)
-    app.cleanup_ctx.append(deployments_ctx)
     app.cleanup_ctx.append(profiling_ctx)
     setup_docs(app)
     return app

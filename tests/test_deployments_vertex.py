@@ -19,11 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
-from actors import deployments
+from actors import deployments, ml_operations
 from actors.model_cache import model_cache_of
 from runtime.app import create_app
-from runtime.audit import AuditContext
-from runtime.auth import Principal
 from runtime.compute.vertex_endpoints import (
     MODEL_LABEL,
     SKLEARN_IMAGE,
@@ -31,7 +29,6 @@ from runtime.compute.vertex_endpoints import (
     VertexEndpoints,
 )
 from runtime.config import Config
-from runtime.errors import ValidationFailed
 from runtime.keys import DB_POOL
 from tests.conftest import Client, auth
 from tests.gcs import emulator
@@ -40,6 +37,7 @@ from tests.vertex_fake import FakeVertexServing
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT, LOCATION = "proj", "europe-west4"
 MODELS = "/api/v1/models"
+WORKFLOWS = "/api/v1/workflows"
 ARTIFACT = "gs://bucket/models/x/model.joblib"
 
 
@@ -327,20 +325,40 @@ async def test_deploys_a_process_that_died_was_carrying_on_end_failed(
         await client.close()
 
 
-async def test_a_workflow_deploy_step_cannot_target_vertex_yet(vertex: Client) -> None:
-    """What the deploy step calls: it has no background deployer to hand the work to."""
+async def test_a_workflow_deploy_step_deploys_to_vertex_and_waits_until_it_serves(
+    vertex: Client, fake: FakeVertexServing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ml_operations, "DEPLOY_POLL_S", 0.02)
     version = await make_version(vertex)
-    owner = AuditContext(Principal(user_id="alice"), "run:x")
-    with pytest.raises(ValidationFailed, match="deploy steps cannot deploy to Vertex AI yet"):
-        await deployments.deploy(
-            vertex.app[DB_POOL],
-            model_cache_of(vertex.app),
-            owner,
-            uuid.UUID(version["model_id"]),
-            "1",
-            {"target": "vertex"},
-            "vertex",
-        )
+    fake.fail["deploy"] = "Machine type n1-bogus-9 is not supported."
+
+    async def run_deploy(machine_type: str) -> dict[str, Any]:
+        data = {"model_id": version["model_id"], "version": 1, "target": "vertex"}
+        node = {"id": "serve", "type": "deploy", "data": {**data, "machine_type": machine_type}}
+        body = {"name": "serve", "definition": {"nodes": [node], "edges": []}}
+        wf = (await json_of(await vertex.post(WORKFLOWS, json=body, headers=auth()), 201))["data"]
+        await json_of(await vertex.post(f"{WORKFLOWS}/{wf['id']}/publish", headers=auth()), 200)
+        url = f"{WORKFLOWS}/{wf['id']}/run?wait_s=30"
+        run: dict[str, Any] = (await json_of(await vertex.post(url, json={}, headers=auth()), 200))[
+            "data"
+        ]
+        return run
+
+    failed = await run_deploy("n1-bogus-9")
+    assert failed["status"] == "failed", failed
+    assert "Machine type n1-bogus-9 is not supported" in failed["error"]["message"]
+
+    served = await run_deploy("n1-highmem-2")  # the fake refuses once
+    assert served["status"] == "succeeded", served
+    output = served["output"]["serve"]
+    [endpoint] = fake.endpoints
+    assert output["endpoint"] == endpoint and output["model_version_id"] == version["id"]
+    rows = await deployments_of(vertex, version["model_id"])
+    assert [(r["status"], r["config"]["machine_type"]) for r in rows] == [
+        ("deployed", "n1-highmem-2"),
+        ("failed", "n1-bogus-9"),
+    ]
+    assert (fake.calls["upload"], fake.calls["deploy"]) == (1, 2), "the model is uploaded once"
 
 
 def test_importing_the_app_does_not_import_the_vertex_client() -> None:
