@@ -14,6 +14,7 @@ from marshmallow import Schema, fields
 from runtime.audit import AuditContext
 from runtime.auth import PRINCIPAL, Principal
 from runtime.errors import ApiError, ValidationFailed
+from runtime.json_text import response_json
 from runtime.keys import DB_POOL
 from runtime.middleware import request_id_of
 from runtime.pagination import PaginationSchema, fetch_page
@@ -60,11 +61,11 @@ async def paged(
     args = [principal_of(request).owner_filter, *(q.get(name) for name in filters)]
     async with request.app[DB_POOL].acquire() as conn:
         page = await fetch_page(conn, query, *args, page=q["page"], limit=q["limit"])
-    return web.json_response(page.body([render(r) for r in page.rows]))
+    return web.json_response(page.body([render(r) for r in page.rows]), dumps=response_json)
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response({"data": data}, status=status)
+    return web.json_response({"data": data}, status=status, dumps=response_json)
 
 
 def shown_once(data: Any, status: int = 201) -> web.Response:

@@ -13,6 +13,7 @@ import asyncpg
 from aiohttp import web
 from asyncpg.pool import PoolConnectionProxy
 
+from runtime.json_text import stored_json
 from runtime.keys import CONFIG, DB_POOL
 
 log = logging.getLogger(__name__)
@@ -66,27 +67,16 @@ def apply_migrations(url: str) -> list[str]:
         backend.connection.close()
 
 
-def _dumps(value: Any) -> str:
-    # Timestamps and UUIDs appear in audit changes; they are stored as their ISO/str forms.
-    # NaN and Infinity are not JSON (PostgreSQL refuses them): fail here, as bad input.
-    # No spaces after separators: less to send and for PostgreSQL to parse (it keeps none).
-    return json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
-
-
 # jsonb's binary form is a version byte and the JSON text.
 JSONB_VERSION = b"\x01"
 
 
 def _encode_jsonb(value: Any) -> bytes:
-    return JSONB_VERSION + _dumps(value).encode()
+    return JSONB_VERSION + stored_json(value)
 
 
 def _decode_jsonb(data: bytes) -> Any:
     return json.loads(data[1:])
-
-
-def _encode_json(value: Any) -> bytes:
-    return _dumps(value).encode()
 
 
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
@@ -100,7 +90,7 @@ async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
         format="binary",
     )
     await conn.set_type_codec(
-        "json", encoder=_encode_json, decoder=json.loads, schema="pg_catalog", format="binary"
+        "json", encoder=stored_json, decoder=json.loads, schema="pg_catalog", format="binary"
     )
 
 

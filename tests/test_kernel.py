@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import re
+import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -13,7 +16,7 @@ from pytest_aiohttp import AiohttpClient
 
 from runtime.app import create_app
 from runtime.config import Config
-from runtime.db import apply_migrations, database_url_for
+from runtime.db import apply_migrations, create_pool, database_url_for
 from runtime.sql import DuplicateQueryError, load_queries, parse_queries, queries
 from tests.conftest import Client, auth
 
@@ -143,6 +146,32 @@ async def test_nan_and_infinity_are_422_not_500(client: Client) -> None:
         assert (await resp.json())["error"]["code"] == "VALIDATION_ERROR"
     resp = await client.get("/api/v1/workflows", headers=auth())
     assert (await resp.json())["pagination"]["total"] == 0
+
+
+async def test_json_values_are_stored_as_given(database_url: str) -> None:
+    """The jsonb codec's fast writer and its fallback store the same values: what each
+    writer cannot say the same way goes through the fallback, and NaN is refused."""
+    big = 2**70
+    at = datetime(2026, 12, 4, 15, 30, tzinfo=UTC)
+    run_id = uuid.UUID("a336e4e0-0afb-4a87-a36e-27f550fbf658")
+    cases: list[tuple[Any, Any]] = [
+        ({"é": "ünïcode ✓", "n": [1, 2.5, -0.0, True, False]}, None),
+        ({"nested": {"deep": [{"x": 1e16}, {"y": 1e-7}]}, "none": None}, None),
+        ({"big": big}, {"big": big}),
+        ({"at": at, "id": run_id}, {"at": str(at), "id": str(run_id)}),
+        ({1: "int key"}, {"1": "int key"}),
+        ({"mentions null": "null"}, None),
+    ]
+    pool = await create_pool(database_url, min_size=1, max_size=1)
+    try:
+        for value, stored in cases:
+            back = await pool.fetchval("SELECT $1::jsonb", value)
+            assert back == (value if stored is None else stored)
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(asyncpg.DataError):
+                await pool.fetchval("SELECT $1::jsonb", {"x": [bad]})
+    finally:
+        await pool.close()
 
 
 async def test_cors_for_configured_origins(config: Config, aiohttp_client: AiohttpClient) -> None:
