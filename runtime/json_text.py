@@ -35,6 +35,6 @@ def response_json(value: Any) -> str:
     """`value` as a response body. NaN and infinities (a float column can hold them) become
     null: the json module would write them as tokens that are not JSON."""
     try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # keys that are not strings, integers beyond 64 bits
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # integers beyond 64 bits
         return json.dumps(value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
 from dataclasses import replace
@@ -17,6 +18,7 @@ from pytest_aiohttp import AiohttpClient
 from runtime.app import create_app
 from runtime.config import Config
 from runtime.db import apply_migrations, create_pool, database_url_for
+from runtime.json_text import response_json
 from runtime.sql import DuplicateQueryError, load_queries, parse_queries, queries
 from tests.conftest import Client, auth
 
@@ -172,6 +174,20 @@ async def test_json_values_are_stored_as_given(database_url: str) -> None:
                 await pool.fetchval("SELECT $1::jsonb", {"x": [bad]})
     finally:
         await pool.close()
+
+
+def test_answers_are_strict_json() -> None:
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in {text}"))
+
+    at = datetime(2026, 12, 4, 15, 30, tzinfo=UTC)
+    assert strict(response_json({"x": float("nan"), "y": [float("inf")], 1: "a"})) == {
+        "x": None,
+        "y": [None],
+        "1": "a",
+    }
+    assert strict(response_json({"at": at, "é": "✓"})) == {"at": at.isoformat(), "é": "✓"}
+    assert strict(response_json({"big": 2**70})) == {"big": 2**70}
 
 
 async def test_cors_for_configured_origins(config: Config, aiohttp_client: AiohttpClient) -> None:
