@@ -17,7 +17,7 @@ from runtime.errors import ApiError, ValidationFailed
 from runtime.json_text import response_json
 from runtime.keys import DB_POOL
 from runtime.middleware import request_id_of
-from runtime.pagination import PaginationSchema, fetch_page
+from runtime.pagination import Page, PaginationSchema, fetch_page
 
 
 def principal_of(request: web.Request) -> Principal:
@@ -61,6 +61,11 @@ async def paged(
     args = [principal_of(request).owner_filter, *(q.get(name) for name in filters)]
     async with request.app[DB_POOL].acquire() as conn:
         page = await fetch_page(conn, query, *args, page=q["page"], limit=q["limit"])
+    return page_answer(page, render)
+
+
+def page_answer(page: Page, render: Callable[[Any], dict[str, Any]] = record_json) -> web.Response:
+    """One page of rows in the contract's list shape."""
     return web.json_response(page.body([render(r) for r in page.rows]), dumps=response_json)
 
 

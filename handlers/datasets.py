@@ -26,6 +26,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    page_answer,
     principal_of,
     record_json,
     validated,
@@ -190,7 +191,7 @@ async def list_datasets(request: web.Request) -> web.Response:
             page=q["page"],
             limit=q["limit"],
         )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return page_answer(page)
 
 
 @docs(tags=TAGS, summary="Get a dataset", responses=error_responses(401, 404, 422))
@@ -331,7 +332,7 @@ async def list_versions(request: web.Request) -> web.Response:
             page=q["page"],
             limit=q["limit"],
         )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return page_answer(page)
 
 
 async def _version_row(request: web.Request, query: str) -> dict[str, Any]:

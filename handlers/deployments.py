@@ -29,6 +29,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    page_answer,
     principal_of,
     record_json,
     validated,
@@ -166,7 +167,7 @@ async def list_deployments(request: web.Request) -> web.Response:
         page = await fetch_page(
             conn, queries["list_model_deployments"], model_id, page=q["page"], limit=q["limit"]
         )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return page_answer(page)
 
 
 def routes() -> list[web.RouteDef]:

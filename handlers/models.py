@@ -23,6 +23,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    page_answer,
     principal_of,
     record_json,
     validated,
@@ -190,7 +191,7 @@ async def _page(conn: Conn, request: web.Request, query: str, *args: Any) -> web
     """One page of `query`'s rows in the list envelope."""
     q = validated(request, "query")
     page = await fetch_page(conn, queries[query], *args, page=q["page"], limit=q["limit"])
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return page_answer(page)
 
 
 @docs(tags=TAGS, summary="Register a model", responses=error_responses(401, 409, 422))

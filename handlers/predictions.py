@@ -25,6 +25,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    page_answer,
     principal_of,
     record_json,
     validated,
@@ -189,7 +190,7 @@ async def list_predictions(request: web.Request) -> web.Response:
     async with request.app[DB_POOL].acquire() as conn:
         query = queries["list_predictions"]
         page = await fetch_page(conn, query, *args, page=q["page"], limit=q["limit"])
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return page_answer(page)
 
 
 @docs(tags=TAGS, summary="Get a recorded prediction", responses=READ_ERRORS)

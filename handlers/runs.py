@@ -37,6 +37,7 @@ from handlers.common import (
 from handlers.run_views import event_json, log_line, run_detail
 from runtime.bus import Subscription
 from runtime.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from runtime.json_text import response_json
 from runtime.keys import DB_POOL, DISPATCHER
 from runtime.pagination import PageQuerySchema
 from runtime.sql import queries
@@ -271,7 +272,7 @@ async def list_events(request: web.Request) -> web.Response:
         "after_seq": q["after_seq"],
         "next_after_seq": cursor,
     }
-    return web.json_response({"data": events, "pagination": pagination})
+    return web.json_response({"data": events, "pagination": pagination}, dumps=response_json)
 
 
 @docs(

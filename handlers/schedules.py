@@ -22,6 +22,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    page_answer,
     paged,
     principal_of,
     record_json,
@@ -245,7 +246,7 @@ async def list_fires(request: web.Request) -> web.Response:
         page = await fetch_page(
             conn, queries["list_schedule_fires"], row["id"], page=q["page"], limit=q["limit"]
         )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return page_answer(page)
 
 
 def routes() -> list[web.RouteDef]:

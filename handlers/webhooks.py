@@ -34,6 +34,7 @@ from runtime.audit import AuditContext, record_audit
 from runtime.auth import PRINCIPAL, Principal
 from runtime.db import Conn
 from runtime.errors import Conflict, NotFound, Unauthorized, ValidationFailed
+from runtime.json_text import response_json
 from runtime.keys import DB_POOL, DISPATCHER
 from runtime.middleware import read_json, request_id_of
 from runtime.ratelimit import retry_after_header, webhook_limiter
@@ -151,7 +152,9 @@ async def _start(
 
 def _replayed(run: asyncpg.Record) -> web.Response:
     return web.json_response(
-        {"data": record_json(run)}, headers={idempotency.REPLAYED_HEADER: "true"}
+        {"data": record_json(run)},
+        headers={idempotency.REPLAYED_HEADER: "true"},
+        dumps=response_json,
     )
 
 

@@ -25,6 +25,7 @@ from handlers.common import (
     error_responses,
     list_envelope,
     ok,
+    page_answer,
     paged,
     principal_of,
     record_json,
@@ -331,7 +332,7 @@ async def list_versions(request: web.Request) -> web.Response:
             page=q["page"],
             limit=q["limit"],
         )
-    return web.json_response(page.body([record_json(r) for r in page.rows]))
+    return page_answer(page)
 
 
 def routes() -> list[web.RouteDef]:
