@@ -33,7 +33,8 @@ def stored_json(value: Any) -> bytes:
 
 def response_json(value: Any) -> str:
     """`value` as a response body. NaN and infinities (a float column can hold them) become
-    null: the json module would write them as tokens that are not JSON."""
+    null: the json module would write them as tokens that are not JSON. (It still writes the
+    rare value orjson cannot: one holding an integer beyond 64 bits.)"""
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
     except TypeError:  # integers beyond 64 bits
