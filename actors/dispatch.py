@@ -34,8 +34,7 @@ from actors.run_store import LeaseLost, Transition, persist
 from actors.run_writer import RunWriter
 from actors.runs import PreparedRun, insert_args, insert_run, refusal, start_run
 from actors.steps.context import StepFailed
-from actors.training import TERMINAL as TRAINING_TERMINAL
-from actors.training import create_training_job
+from actors.train_step_jobs import TrainStepJobs
 from actors.training_job import JobBackend, JobPoke, TrainingJobActor
 from actors.training_local import LocalTrainingBackend
 from actors.training_vertex import VertexTrainingBackend
@@ -67,7 +66,7 @@ class BegunRun:
     actor: RunActor | None
 
 
-class RunDispatcher:
+class RunDispatcher(TrainStepJobs):
     """This process's door to run actors, and the services they use."""
 
     def __init__(
@@ -245,7 +244,7 @@ class RunDispatcher:
         if isinstance(exc, LeaseLost):
             return  # another node owns the run now and carries on
         if key.startswith("job:"):
-            await self._job_crashed(UUID(key.removeprefix("job:")), exc)
+            await self.job_crashed(UUID(key.removeprefix("job:")), exc)
             return
         run_id = UUID(key)
         lease = self.shards.lease_for(shard_of(run_id))
@@ -262,74 +261,7 @@ class RunDispatcher:
             await persist(self.pool, run_id, lease, t)
             self.bus.published(run_id)
 
-    async def _job_crashed(self, job_id: UUID, exc: BaseException) -> None:
-        """A crashed job actor fails its job visibly instead of leaving it running."""
-        lease = self.shards.lease_for(shard_of(job_id))
-        log.error("training job actor crashed", exc_info=exc, extra={"job_id": str(job_id)})
-        if lease is None:
-            return
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        await self.pool.execute(queries["append_training_log"], job_id, "error", message)
-        row = await self.pool.fetchrow(
-            queries["set_training_status"],
-            job_id,
-            "failed",
-            None,
-            message,
-            lease.shard,
-            lease.node_id,
-            lease.token,
-        )
-        self.bus.published(job_id)
-        if row is not None and row["run_id"] is not None:
-            await self.training_finished(dict(row))
-
     # -- services for run and job actors -----------------------------------------------------
-
-    async def start_training(
-        self, run: Mapping[str, Any], step_id: str, attempt: int, request: Mapping[str, Any]
-    ) -> UUID:
-        """The training job of one train step attempt, created once."""
-        key = f"{step_id}#{attempt}"
-        async with self.pool.acquire() as conn, conn.transaction():
-            job = await conn.fetchrow(queries["get_step_training_job"], run["id"], key)
-            if job is None:
-                try:
-                    job = await create_training_job(
-                        conn,
-                        None,
-                        request,
-                        owner=run["owner_id"],
-                        created_by=run["owner_id"],
-                        backend=self.compute,
-                        run=(run["id"], key),
-                    )
-                except ApiError as exc:
-                    raise StepFailed(
-                        f"cannot start training: {exc.message}",
-                        retryable=False,
-                        details=exc.details,
-                    ) from exc
-        await self.wake_job(job["id"])
-        return UUID(str(job["id"]))
-
-    async def check_training(self, run: Mapping[str, Any], step_id: str, attempt: int) -> None:
-        """A job that ended while its run was not listening still reports (after a crash)."""
-        job = await self.pool.fetchrow(
-            queries["get_step_training_job"], run["id"], f"{step_id}#{attempt}"
-        )
-        if job is not None and job["status"] in TRAINING_TERMINAL:
-            await self.training_finished(dict(job))
-
-    async def cancel_training(self, run_id: UUID, step_id: str, attempt: int) -> None:
-        """Cancelling a run cancels the training job its step was waiting for."""
-        job = await self.pool.fetchrow(
-            queries["get_step_training_job"], run_id, f"{step_id}#{attempt}"
-        )
-        if job is None or job["status"] in TRAINING_TERMINAL:
-            return
-        await self.pool.execute(queries["request_training_cancel"], job["id"], None)
-        await self.wake_job(job["id"])
 
     async def step_operation(
         self, run: Mapping[str, Any], operation: str, config: Mapping[str, Any]
@@ -358,25 +290,6 @@ class RunDispatcher:
     def fire_started(self, lateness_ms: float) -> None:
         if self.metrics is not None:
             self.metrics.fire_lateness.observe(lateness_ms / 1000)
-
-    async def training_finished(self, job: Mapping[str, Any]) -> None:
-        """Tell the run whose step started a training job how it ended (a durable command)."""
-        step_id, _, attempt = str(job["step_id"]).rpartition("#")
-        result = {
-            "training_job_id": str(job["id"]),
-            "status": job["status"],
-            "model_version_id": _text(job.get("model_version_id")),
-            "metrics": job.get("metrics") or {},
-        }
-        payload = {
-            "step_id": step_id,
-            "attempt": int(attempt),
-            "status": job["status"],
-            "result": result,
-            "error": job.get("error"),
-        }
-        await self.pool.execute(queries["insert_child_done"], job["run_id"], payload)
-        await self.wake(job["run_id"])
 
     async def start_child(
         self,
@@ -437,10 +350,6 @@ def build_training(
             VertexBackend.from_env(os.environ), storage, os.environ.get(TRAINER_IMAGE_ENV) or None
         )
     return LocalTrainingBackend(storage, config.data_dir / "work")
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 async def runs_ctx(app: web.Application) -> AsyncIterator[None]:
