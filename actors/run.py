@@ -1,9 +1,10 @@
 """RunActor: owns one run's state machine and executes its steps.
 
-Every change goes through `_commit`: plan it on a copy of the state, have the process's
-`RunWriter` commit it (one fenced statement, shared with other runs' changes), then adopt the
-copy, start tasks and timers, and ring the bus. Steps run as tasks owned by the actor and
-report back by message, so the state is only ever touched by one message at a time.
+Every change goes through `_commit`: plan it on a copy of the state (actors/run_rounds.py),
+have the process's `RunWriter` commit it (one fenced statement, shared with other runs'
+changes), then adopt the copy, start tasks and timers, and ring the bus. Steps run as tasks
+owned by the actor and report back by message, so the state is only ever touched by one
+message at a time.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from uuid import UUID
 
 from actors import commands
 from actors.base import Actor, ActorStopped, MailboxFull
-from actors.graph import StepStatus, next_steps
+from actors.graph import StepStatus
 from actors.run_insert import PendingInsert, RunNotCreated
 from actors.run_messages import Poke, RunServices, StepFinished, TimerFired
+from actors.run_rounds import MAX_ROUNDS, Round, plan, plan_ahead
 from actors.run_state import TERMINAL_RUN, RunState
-from actors.run_store import Event, LeaseLost, StepChange, Transition
+from actors.run_store import LeaseLost, StepChange, Transition
 from actors.step_platform import RunStepPlatform
-from actors.steps import EXECUTORS, PURE_STEPS, READS_CONTEXT, delay
+from actors.steps import EXECUTORS, delay
 from actors.steps.context import StepContext, StepFailed, Wait
 from actors.templates import TemplateError, render
 from runtime.shards import Lease
@@ -32,13 +34,6 @@ from runtime.sql import queries
 
 log = logging.getLogger(__name__)
 DEADLINE = "__deadline__"
-
-
-# A round of the state machine: its transition, the state it leads to, and the steps to launch
-# once it is committed.
-Round = tuple[Transition, RunState, list[tuple[str, int]]]
-# Pure rounds planned ahead at most (a chain of pure steps longer than this is sent in parts).
-MAX_ROUNDS = 64
 
 
 def _consume(future: asyncio.Future[int | None]) -> None:
@@ -247,42 +242,23 @@ class RunActor(Actor):
         A longer chain of pure steps goes in batches of MAX_ROUNDS rounds, the next batch
         planned while the one before it commits.
         """
-        launches, computed = await self._plan(t, scratch)
+        launches, computed = await plan(t, scratch, self._context)
         if not t:
             return
         batch: list[Round] = [(t, scratch, launches)]
         more = computed and not launches and not scratch.terminal
         if more:
-            ahead, more = await self._plan_ahead(batch[0], MAX_ROUNDS - 1)
+            ahead, more = await plan_ahead(batch[0], MAX_ROUNDS - 1, self._context)
             batch += ahead
         while batch:
             commits = await self._send(batch)
             following: list[Round] = []
             if more:  # planned while `batch` is sent and committed
                 await asyncio.sleep(0)  # the writer puts it on the wire first
-                following, more = await self._plan_ahead(batch[-1], MAX_ROUNDS)
+                following, more = await plan_ahead(batch[-1], MAX_ROUNDS, self._context)
             if await self._adopt_batch(batch, commits):
                 return
             batch = following
-
-    async def _plan_ahead(self, after: Round, limit: int) -> tuple[list[Round], bool]:
-        """Up to `limit` rounds after the round `after`, each on a copy of the state before it;
-        and whether more may be ready after the last of them (it computed a pure step)."""
-        rounds: list[Round] = []
-        previous, scratch, _ = after
-        while len(rounds) < limit:
-            # The round before started everything that was ready, and launched nothing: only
-            # the successors of what it changed can be ready now.
-            among = scratch.graph.successors([c.step_id for c in previous.steps])
-            scratch, t = scratch.copy(), Transition()
-            launches, computed = await self._plan(t, scratch, among)
-            if not t:
-                return rounds, False
-            rounds.append((t, scratch, launches))
-            if not computed or launches or scratch.terminal:
-                return rounds, False
-            previous = t
-        return rounds, True
 
     async def _adopt_batch(
         self, batch: list[Round], commits: list[asyncio.Future[int | None]]
@@ -337,15 +313,6 @@ class RunActor(Actor):
         assert self.lease is not None  # noqa: S101 - set in on_start
         return self.services.writer.submit(self.run_id, self.lease, t, after_seq)
 
-    async def _plan(
-        self, t: Transition, scratch: RunState, among: set[str] | None = None
-    ) -> tuple[list[tuple[str, int]], bool]:
-        """One round of scheduling, then the run's own status, added to `t` and `scratch`
-        (`among`: the only steps that may have become ready, as `next_steps` takes it)."""
-        launches, computed = await self._schedule(t, scratch, among)
-        self._settle(t, scratch)
-        return launches, computed
-
     async def _adopt(
         self, t: Transition, scratch: RunState, launches: list[tuple[str, int]]
     ) -> None:
@@ -363,64 +330,6 @@ class RunActor(Actor):
             if change.wake_at is not None:
                 self._arm(change.step_id, change.attempt, change.wake_at)
         self.services.bus.published(self.run_id)
-
-    async def _schedule(
-        self, t: Transition, scratch: RunState, among: set[str] | None = None
-    ) -> tuple[list[tuple[str, int]], bool]:
-        """Add one round of skips, pure step results and starts to `t`.
-
-        Returns the steps to launch once committed, and whether a pure step was computed (so
-        another round may be ready after this one is committed).
-        """
-        launches: list[tuple[str, int]] = []
-        if scratch.terminal:
-            return launches, False
-        statuses = scratch.effective_statuses()
-        start, skip = next_steps(scratch.graph, statuses, scratch.outputs, among)
-        for sid in skip:
-            scratch.record(t, StepChange(sid, "skipped", scratch.attempts[sid]), "step.skipped")
-        computed = False
-        for sid in start:
-            attempt = scratch.attempts[sid] + 1
-            if scratch.graph.nodes[sid].type in PURE_STEPS:
-                await self._run_pure(t, scratch, sid, attempt)
-                computed = True
-            else:
-                scratch.record(t, StepChange(sid, "running", attempt), "step.started")
-                launches.append((sid, attempt))
-        return launches, computed
-
-    async def _run_pure(self, t: Transition, scratch: RunState, sid: str, attempt: int) -> None:
-        t.events.append(Event("step.started", sid, {"attempt": attempt}))
-        node = scratch.graph.nodes[sid]
-        # Built once, and only where something reads it (a template in the config, or a step
-        # that reads the context): the template and the step see the same one.
-        scope = scratch.scope() if node.templated or node.type in READS_CONTEXT else {}
-        try:
-            config = render(node.config, scope)
-            output = await EXECUTORS[node.type](self._context(sid, attempt, scratch, scope), config)
-        except (StepFailed, TemplateError) as exc:
-            error = exc if isinstance(exc, StepFailed) else StepFailed(str(exc), retryable=False)
-            change = StepChange(sid, "failed", attempt, error=error.as_error())
-            scratch.record(t, change, "step.failed", error=error.as_error())
-            return
-        change = StepChange(sid, "succeeded", attempt, output=output)
-        scratch.record(t, change, "step.succeeded", output=output)
-
-    def _settle(self, t: Transition, scratch: RunState) -> None:
-        """Move the run's own status where its steps say it belongs."""
-        if scratch.terminal:
-            return
-        status, error = scratch.verdict()
-        if status == scratch.run_status:
-            return
-        if status == "failed":
-            commands.cancel_in_flight(scratch, t, "another step failed")
-        if status == "succeeded":
-            t.run_output = scratch.output()
-        event = {"running": "run.resumed" if scratch.run_status == "paused" else "run.started"}
-        t.run(status, event.get(status, f"run.{status}"), error)
-        scratch.run_status = status
 
     async def _finish(self, t: Transition) -> None:
         self.ended = self.services.writer.take_ended(self.run_id)

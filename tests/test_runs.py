@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from actors.run import MAX_ROUNDS
+from actors.run_rounds import MAX_ROUNDS
 from runtime.keys import DB_POOL, DISPATCHER
 from runtime.shards import Lease
 from tests.conftest import Client, Publish, auth, events_of, start_run, wait_run
