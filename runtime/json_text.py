@@ -21,12 +21,12 @@ def stored_json(value: Any) -> bytes:
     """`value` as PostgreSQL stores it: compact, UUIDs and timestamps as their str(), and a
     ValueError for NaN and infinities (PostgreSQL refuses them; callers treat it as bad input)."""
     try:
-        fast = orjson.dumps(value, option=_STORED_AS_BEFORE)
+        fast: bytes | None = orjson.dumps(value, option=_STORED_AS_BEFORE)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        fast = b"null"
+        fast = None
     # orjson writes NaN and infinities as null: text holding a null is written again by the
     # json module, which refuses them.
-    if b"null" not in fast:
+    if fast is not None and b"null" not in fast:
         return fast
     return json.dumps(value, default=str, allow_nan=False, separators=(",", ":")).encode()
 
